@@ -1,0 +1,28 @@
+"""superloop_cell: memory-augmented RNNs as one Keras 3 RNN cell.
+
+A superloop runs a recurrent stack whose output drives external systems
+(a register memory, an attention head, your own) whose outputs come back as
+extra input at the next step — all inside one cell, so
+`keras.layers.RNN(SuperloopCell(...))` runs it as one loop.
+"""
+
+from superloop_cell.cells.sgu import SGUCell
+from superloop_cell.context import SuperloopInitialState, initial_state
+from superloop_cell.stages import SGUStack
+from superloop_cell.superloop import SuperloopCell
+from superloop_cell.systems.attention import Attention
+from superloop_cell.systems.base import ExternalSystem
+from superloop_cell.systems.register_memory import RegisterMemory
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Attention",
+    "ExternalSystem",
+    "RegisterMemory",
+    "SGUCell",
+    "SGUStack",
+    "SuperloopCell",
+    "SuperloopInitialState",
+    "initial_state",
+]

@@ -1,0 +1,59 @@
+"""Argument checks shared by every public class.
+
+Each check raises before any weight is created or any tensor computed, and
+its message names the argument and repeats what was received, in the style
+of Keras' own errors.
+"""
+
+import numbers
+
+
+def positive_int(name, value):
+    """Returns `value` as an `int`, or raises `ValueError` naming `name`."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value <= 0
+    ):
+        raise ValueError(
+            f"Received an invalid value for argument `{name}`: expected a "
+            f"positive integer, got {value!r} (type {type(value).__name__})."
+        )
+    return int(value)
+
+
+def boolean(name, value):
+    """Returns `value`, or raises `TypeError` naming `name`."""
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"Received an invalid value for argument `{name}`: expected True "
+            f"or False, got {value!r} (type {type(value).__name__})."
+        )
+    return value
+
+
+def choice(name, value, allowed):
+    """Returns `value` if it is one of `allowed`, else raises `ValueError`."""
+    if value not in allowed:
+        raise ValueError(
+            f"Received an invalid value for argument `{name}`: expected one "
+            f"of {sorted(allowed)}, got {value!r}."
+        )
+    return value
+
+
+def flat_state_sizes(name, state_size):
+    """Flattens an RNN cell's `state_size` (int or nested list) to ints."""
+    if isinstance(state_size, bool):
+        raise TypeError(f"`{name}.state_size` must be ints, got {state_size!r}.")
+    if isinstance(state_size, numbers.Integral):
+        return [int(state_size)]
+    if isinstance(state_size, (list, tuple)):
+        sizes = []
+        for size in state_size:
+            sizes.extend(flat_state_sizes(name, size))
+        return sizes
+    raise TypeError(
+        f"`{name}.state_size` must be an int or a list of ints (Keras 3 "
+        f"cannot carry other state shapes), got {state_size!r}."
+    )

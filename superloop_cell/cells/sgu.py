@@ -1,0 +1,141 @@
+"""The Simple Gated Unit (SGU), the recurrent cell of the superloop stack.
+
+One step, with `x` the input, `h` the state and `units` its width:
+
+    z  = x · kernel + bias                                  (batch, 2·units)
+    f  = (softsign(z[:, :units] + h · recurrent_kernel) + 1) / 2
+    c  = leaky_relu(z[:, units:], negative_slope=0.1)
+    h' = (1 − f) · c + f · h
+
+`kernel` holds [gate | candidate] side by side, so the input projection of a
+whole sequence can be computed with one matrix product.
+"""
+
+import keras
+from keras import ops
+
+from superloop_cell import _validation
+
+CANDIDATE_NEGATIVE_SLOPE = 0.1
+
+
+def sgu_update(z, h, recurrent_kernel):
+    """The SGU step after the input projection.
+
+    Args:
+        z: `x · kernel + bias`, shape `(batch, 2·units)`.
+        h: the previous state, shape `(batch, units)`.
+        recurrent_kernel: shape `(units, units)`.
+
+    Returns:
+        The new state `h'`, shape `(batch, units)`; also the cell's output.
+    """
+    units = h.shape[-1]
+    gate = ops.softsign(z[:, :units] + ops.matmul(h, recurrent_kernel))
+    # (1 − f)·c + f·h with f = (gate + 1)/2, written as h + (1 − f)·(c − h).
+    candidate = ops.leaky_relu(
+        z[:, units:], negative_slope=CANDIDATE_NEGATIVE_SLOPE
+    )
+    return h + 0.5 * (1.0 - gate) * (candidate - h)
+
+
+def sgu_forget_gate(z, h, recurrent_kernel):
+    """The gate `f` in [0, 1] of one step, shape `(batch, units)`."""
+    units = h.shape[-1]
+    gate = ops.softsign(z[:, :units] + ops.matmul(h, recurrent_kernel))
+    return 0.5 * (gate + 1.0)
+
+
+@keras.saving.register_keras_serializable(package="superloop_cell")
+class SGUCell(keras.layers.Layer):
+    """Simple Gated Unit cell, for `keras.layers.RNN` or `SuperloopCell`.
+
+    Args:
+        units: Positive integer, width of the state and the output.
+        kernel_initializer: Initializer of `kernel`. Default
+            `"glorot_uniform"`.
+        recurrent_initializer: Initializer of `recurrent_kernel`. Default
+            `"orthogonal"`.
+        bias_initializer: Initializer of `bias`. Default `"zeros"`.
+        **kwargs: Base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Weights:
+        kernel: `(input_dim, 2·units)`, [gate | candidate].
+        recurrent_kernel: `(units, units)`, acts on the gate only.
+        bias: `(2·units,)`.
+
+    Call arguments:
+        inputs: `(batch, input_dim)`, one time step.
+        states: `[h]` with `h` of shape `(batch, units)` (a bare tensor is
+            accepted too).
+        training: Unused; accepted for the cell protocol.
+
+    Output shape:
+        `(h', [h'])`, each `(batch, units)`.
+
+    Example:
+
+    >>> layer = keras.layers.RNN(SGUCell(16))
+    >>> layer(np.zeros((2, 5, 3), "float32")).shape
+    TensorShape([2, 16])
+    """
+
+    def __init__(
+        self,
+        units,
+        kernel_initializer="glorot_uniform",
+        recurrent_initializer="orthogonal",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.units = _validation.positive_int("units", units)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.recurrent_initializer = keras.initializers.get(
+            recurrent_initializer
+        )
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.state_size = self.units
+        self.output_size = self.units
+
+    def build(self, input_shape):
+        input_dim = input_shape[-1]
+        self.kernel = self.add_weight(
+            shape=(input_dim, 2 * self.units),
+            initializer=self.kernel_initializer,
+            name="kernel",
+        )
+        self.recurrent_kernel = self.add_weight(
+            shape=(self.units, self.units),
+            initializer=self.recurrent_initializer,
+            name="recurrent_kernel",
+        )
+        self.bias = self.add_weight(
+            shape=(2 * self.units,),
+            initializer=self.bias_initializer,
+            name="bias",
+        )
+
+    def call(self, inputs, states, training=False):
+        h = states[0] if isinstance(states, (list, tuple)) else states
+        z = ops.matmul(inputs, self.kernel) + self.bias
+        h_new = sgu_update(z, h, self.recurrent_kernel)
+        return h_new, [h_new]
+
+    def get_initial_state(self, batch_size=None):
+        return [ops.zeros((batch_size, self.units), dtype=self.compute_dtype)]
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "kernel_initializer": keras.initializers.serialize(
+                self.kernel_initializer
+            ),
+            "recurrent_initializer": keras.initializers.serialize(
+                self.recurrent_initializer
+            ),
+            "bias_initializer": keras.initializers.serialize(
+                self.bias_initializer
+            ),
+        }

@@ -1,0 +1,150 @@
+"""Per-sample context for systems such as `Attention`, via the initial state.
+
+Keras 3's `RNN` has no `constants` argument. A system that reads data fixed
+for the whole sequence (`context_shape` set) carries it, flattened, as its
+last state; `initial_state` builds the full initial state list with the
+contexts in place, as a layer, so it works in functional models and saves
+with them.
+"""
+
+import keras
+from keras import ops
+
+from superloop_cell.superloop import SuperloopCell
+
+
+@keras.saving.register_keras_serializable(package="superloop_cell")
+class SuperloopInitialState(keras.layers.Layer):
+    """Zeros for every state of a superloop, with the contexts put in.
+
+    Made by `initial_state`; it only needs the state layout, not the cell.
+
+    Args:
+        state_sizes: List of ints, the cell's `state_size`.
+        context_slots: List of ints, the state index of each context.
+        context_shapes: List of tuples, the shape of each context without
+            the batch axis.
+        context_names: Names of the systems that read them, for errors.
+
+    Call arguments:
+        inputs: `[sequences, context_0, context_1, ...]`; `sequences` only
+            gives the batch size.
+
+    Returns:
+        A list of `(batch, size)` tensors, one per state.
+    """
+
+    def __init__(
+        self, state_sizes, context_slots, context_shapes, context_names,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.state_sizes = [int(s) for s in state_sizes]
+        self.context_slots = [int(s) for s in context_slots]
+        self.context_shapes = [tuple(s) for s in context_shapes]
+        self.context_names = list(context_names)
+
+    def _check(self, shapes):
+        if len(shapes) != len(self.context_slots) + 1:
+            raise ValueError(
+                f"Expected {len(self.context_slots)} context tensor(s) (for "
+                f"{', '.join(self.context_names) or 'no system'}), received "
+                f"{len(shapes) - 1}."
+            )
+        for name, expected, shape in zip(
+            self.context_names, self.context_shapes, shapes[1:]
+        ):
+            if tuple(shape[1:]) != expected:
+                raise ValueError(
+                    f"The context of `{name}` must have shape (batch, "
+                    f"{', '.join(map(str, expected))}); received shape "
+                    f"{tuple(shape)}."
+                )
+
+    def build(self, input_shape):
+        self._check(list(input_shape))
+
+    def call(self, inputs):
+        sequences, contexts = inputs[0], inputs[1:]
+        self._check([x.shape for x in inputs])
+        batch = ops.shape(sequences)[0]
+        states = [
+            ops.zeros((batch, size), dtype=self.compute_dtype)
+            for size in self.state_sizes
+        ]
+        for slot, context in zip(self.context_slots, contexts):
+            states[slot] = ops.reshape(
+                ops.cast(context, self.compute_dtype),
+                (batch, self.state_sizes[slot]),
+            )
+        return states
+
+    def compute_output_spec(self, inputs):
+        batch = inputs[0].shape[0]
+        return [
+            keras.KerasTensor((batch, size), dtype=self.compute_dtype)
+            for size in self.state_sizes
+        ]
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "state_sizes": self.state_sizes,
+            "context_slots": self.context_slots,
+            "context_shapes": [list(s) for s in self.context_shapes],
+            "context_names": self.context_names,
+        }
+
+
+def initial_state(cell, sequences, contexts=()):
+    """The initial state of `cell` with the per-sample contexts of its systems.
+
+    Args:
+        cell: A `SuperloopCell`.
+        sequences: The RNN's input, `(batch, time, features)`; only its batch
+            size is used. Symbolic (`keras.Input`) or concrete.
+        contexts: One tensor per system that reads a context (those with
+            `context_shape`, such as `Attention`), in the order of
+            `cell.systems`; a single tensor is accepted when there is one.
+            `Attention(positions, width)` takes `(batch, positions, width)`.
+
+    Returns:
+        A list of tensors for `keras.layers.RNN(cell)(sequences,
+        initial_state=...)`.
+
+    Example:
+
+    ```python
+    cell = SuperloopCell([SGUCell(8)], [Attention(positions=16, width=1)])
+    steps = keras.Input((64, 0))        # no external input: 64 steps
+    data = keras.Input((16, 1))
+    states = initial_state(cell, steps, data)
+    y, *final = keras.layers.RNN(cell, return_state=True)(
+        steps, initial_state=states)
+    position = cell.system_states(final, 0)[0]
+    ```
+    """
+    if not isinstance(cell, SuperloopCell):
+        raise TypeError(
+            "Received an invalid value for argument `cell`: expected a "
+            f"SuperloopCell, got {cell!r} (type {type(cell).__name__})."
+        )
+    if not isinstance(contexts, (list, tuple)):
+        contexts = [contexts]
+    slots, shapes, names = [], [], []
+    slot = 1 if cell.systems else 0
+    slot += sum(len(stage.state_sizes) for stage in cell._stages)
+    for i, system in enumerate(cell.systems):
+        slot += len(system.state_size)
+        if system.context_shape is not None:
+            slots.append(slot - 1)
+            shapes.append(tuple(system.context_shape))
+            names.append(f"systems[{i}] ({type(system).__name__})")
+    if len(contexts) != len(slots):
+        raise ValueError(
+            f"Received an invalid value for argument `contexts`: the cell's "
+            f"systems read {len(slots)} context(s) ({', '.join(names) or 'none'}),"
+            f" but {len(contexts)} were given."
+        )
+    layer = SuperloopInitialState(cell.state_size, slots, shapes, names)
+    return layer([sequences, *contexts])

@@ -1,0 +1,250 @@
+"""The stages of a superloop's recurrent stack, and the fused SGU run.
+
+`SuperloopCell` runs its `cells` as a sequence of *stages*. A stage is either
+one Keras RNN cell (`CellStage`, any cell at all), or — the fast path — a run
+of consecutive same-width `SGUCell`s computed as one stacked layer
+(`SGURunStage`, weights in one `SGUStack`).
+
+Why a run is fused: written cell by cell, a 32-layer stack puts 32 copies of
+the step into the loop body, so tracing, graph optimisation and the gradient
+graph all grow with depth. The stacked layer scans over a leading layer axis
+of its weights instead, so the loop body holds one copy of the SGU step
+whatever the depth.
+"""
+
+import keras
+from keras import ops
+
+from superloop_cell import _validation
+from superloop_cell.cells.sgu import SGUCell, sgu_update
+
+MIN_FUSED_RUN = 2
+
+
+class _StackedInitializer(keras.initializers.Initializer):
+    """Stacks one initializer call per layer along a new leading axis."""
+
+    def __init__(self, initializers):
+        self.initializers = initializers
+
+    def __call__(self, shape, dtype=None):
+        return ops.stack(
+            [init(shape[1:], dtype=dtype) for init in self.initializers], axis=0
+        )
+
+
+def _state_structure(cell):
+    """The cell's `state_size` as a list (Keras accepts a bare int)."""
+    size = cell.state_size
+    return list(size) if isinstance(size, (list, tuple)) else [size]
+
+
+class CellStage:
+    """One Keras RNN cell as a stage: its states are flattened at the edge."""
+
+    def __init__(self, cell):
+        self.cell = cell
+        self.structure = _state_structure(cell)
+        self.state_sizes = _validation.flat_state_sizes("cell", self.structure)
+        size = getattr(cell, "output_size", None)
+        self.output_size = size if size is not None else self.state_sizes[0]
+
+    def build(self, input_dim):
+        if not self.cell.built:
+            self.cell.build((None, input_dim))
+            self.cell.built = True
+
+    def __call__(self, x, states, training=False):
+        nested = keras.tree.pack_sequence_as(self.structure, list(states))
+        y, new_states = self.cell(x, nested, training=training)
+        if not keras.tree.is_nested(new_states):
+            new_states = [new_states]
+        return y, keras.tree.flatten(new_states)
+
+
+@keras.saving.register_keras_serializable(package="superloop_cell")
+class SGUStack(keras.layers.Layer):
+    """The weights of `depth` SGU layers of one width, stacked.
+
+    Weights (layer `l` is `kernel[l]` etc., as in `SGUCell`):
+        kernel: `(depth, units, 2·units)`.
+        recurrent_kernel: `(depth, units, units)`.
+        bias: `(depth, 2·units)`.
+
+    It is built by `SuperloopCell` from the `SGUCell`s of a run; it is not
+    meant to be constructed by hand.
+
+    Args:
+        depth: Positive integer, number of stacked layers.
+        units: Positive integer, width of each layer.
+        kernel_initializers / recurrent_initializers / bias_initializers:
+            one initializer per layer (taken from the run's `SGUCell`s), or
+            None for the `SGUCell` defaults.
+    """
+
+    def __init__(
+        self,
+        depth,
+        units,
+        kernel_initializers=None,
+        recurrent_initializers=None,
+        bias_initializers=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.depth = _validation.positive_int("depth", depth)
+        self.units = _validation.positive_int("units", units)
+        default = SGUCell(1)
+
+        def per_layer(initializers, fallback):
+            if initializers is None:
+                return [fallback] * self.depth
+            return [keras.initializers.get(i) for i in initializers]
+
+        self.kernel_initializers = per_layer(
+            kernel_initializers, default.kernel_initializer
+        )
+        self.recurrent_initializers = per_layer(
+            recurrent_initializers, default.recurrent_initializer
+        )
+        self.bias_initializers = per_layer(
+            bias_initializers, default.bias_initializer
+        )
+
+    def build(self, input_shape=None):
+        d, u = self.depth, self.units
+        self.kernel = self.add_weight(
+            shape=(d, u, 2 * u),
+            initializer=_StackedInitializer(self.kernel_initializers),
+            name="kernel",
+        )
+        self.recurrent_kernel = self.add_weight(
+            shape=(d, u, u),
+            initializer=_StackedInitializer(self.recurrent_initializers),
+            name="recurrent_kernel",
+        )
+        self.bias = self.add_weight(
+            shape=(d, 2 * u),
+            initializer=_StackedInitializer(self.bias_initializers),
+            name="bias",
+        )
+
+    def call(self, x, states):
+        """One step of the whole run.
+
+        Args:
+            x: `(batch, units)`, the input of the run's first layer.
+            states: `(batch, depth·units)`, every layer's `h`, layer-major.
+
+        Returns:
+            `(y, new_states)`: the last layer's output `(batch, units)` and
+            the new `(batch, depth·units)` states.
+        """
+        h_all = ops.transpose(
+            ops.reshape(states, (-1, self.depth, self.units)), (1, 0, 2)
+        )
+
+        def layer(carry, weights):
+            h, kernel, recurrent_kernel, bias = weights
+            z = ops.matmul(carry, kernel) + bias
+            h_new = sgu_update(z, h, recurrent_kernel)
+            return h_new, h_new
+
+        y, h_new_all = ops.scan(
+            layer,
+            x,
+            (h_all, self.kernel, self.recurrent_kernel, self.bias),
+        )
+        new_states = ops.reshape(
+            ops.transpose(h_new_all, (1, 0, 2)), (-1, self.depth * self.units)
+        )
+        return y, new_states
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "depth": self.depth,
+            "units": self.units,
+            "kernel_initializers": [
+                keras.initializers.serialize(i) for i in self.kernel_initializers
+            ],
+            "recurrent_initializers": [
+                keras.initializers.serialize(i)
+                for i in self.recurrent_initializers
+            ],
+            "bias_initializers": [
+                keras.initializers.serialize(i) for i in self.bias_initializers
+            ],
+        }
+
+
+class SGURunStage:
+    """A run of same-width `SGUCell`s, computed by one `SGUStack`."""
+
+    def __init__(self, cells, name):
+        self.cells = cells
+        units = cells[0].units
+        self.stack = SGUStack(
+            depth=len(cells),
+            units=units,
+            kernel_initializers=[c.kernel_initializer for c in cells],
+            recurrent_initializers=[c.recurrent_initializer for c in cells],
+            bias_initializers=[c.bias_initializer for c in cells],
+            name=name,
+        )
+        self.state_sizes = [len(cells) * units]
+        self.output_size = units
+
+    def build(self, input_dim):
+        if not self.stack.built:
+            self.stack.build()
+            self.stack.built = True
+
+    def __call__(self, x, states, training=False):
+        y, new_states = self.stack(x, states[0])
+        return y, [new_states]
+
+
+def _is_sgu(cell):
+    return type(cell) is SGUCell
+
+
+def plan_stages(cells, fused):
+    """Splits `cells` into stages: fused SGU runs where allowed, else cells.
+
+    A run is `MIN_FUSED_RUN` or more consecutive `SGUCell`s of one width,
+    after `cells[0]` (whose input width is only known at build), each reading
+    a previous output of its own width.
+    """
+    stages = [CellStage(cells[0])]
+    i = 1
+    n_runs = 0
+    while i < len(cells):
+        j = i
+        if fused and _is_sgu(cells[i]):
+            units = cells[i].units
+            while (
+                j < len(cells)
+                and _is_sgu(cells[j])
+                and cells[j].units == units
+                and stages_output_size(cells[j - 1]) == units
+            ):
+                j += 1
+        if j - i >= MIN_FUSED_RUN:
+            stages.append(
+                SGURunStage(cells[i:j], name=f"sgu_stack_{n_runs}")
+            )
+            n_runs += 1
+            i = j
+        else:
+            stages.append(CellStage(cells[i]))
+            i += 1
+    return stages
+
+
+def stages_output_size(cell):
+    """Output width of a cell, by the same rule as `keras.layers.RNN`."""
+    size = getattr(cell, "output_size", None)
+    if size is None:
+        size = _state_structure(cell)[0]
+    return size

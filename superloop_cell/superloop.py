@@ -1,0 +1,386 @@
+"""`SuperloopCell`: an RNN stack and its external systems as one Keras cell.
+
+One step, with `x_t` the step's input and `feedback_0 = 0`:
+
+    u_t        = concat([x_t, feedback_{t−1}])
+    y          = cells[-1](… cells[0](u_t) …)        each cell's output feeds
+                                                     the next one
+    controls   = y · control_kernel + control_bias   one projection, sliced
+                                                     per system in order
+    feedback_t = concat([system(control_i) for each system])
+
+The cell's output is `y`. Its state is one flat list of `(batch, size)`
+tensors, laid out as
+
+    [feedback]                      only when there are systems
+    + every cell's states, in order (a run of same-width SGU layers is one
+      stacked state of `depth·units` in the fused layout, see below)
+    + every system's states, in order (a context, such as the attention
+      data, is its system's last state)
+
+`split_states` turns such a list back into named parts.
+"""
+
+import keras
+from keras import ops
+
+from superloop_cell import _validation
+from superloop_cell.stages import SGURunStage, plan_stages, stages_output_size
+from superloop_cell.systems.base import ExternalSystem
+
+
+class _SlicedInitializer(keras.initializers.Initializer):
+    """Initializes a control projection column block by column block."""
+
+    def __init__(self, blocks):
+        self.blocks = blocks  # [(width, initializer)], widths sum to columns
+
+    def __call__(self, shape, dtype=None):
+        parts = []
+        for width, initializer in self.blocks:
+            if width:
+                parts.append(initializer(shape[:-1] + (width,), dtype=dtype))
+        return ops.concatenate(parts, axis=-1)
+
+
+def _check_cell(index, cell):
+    where = f"cells[{index}]"
+    if isinstance(cell, ExternalSystem):
+        raise TypeError(
+            f"`{where}` is an external system ({type(cell).__name__}); pass "
+            "it in `systems`, not `cells`."
+        )
+    if isinstance(cell, keras.layers.RNN):
+        raise TypeError(
+            f"`{where}` is a `keras.layers.RNN` layer; pass its cell "
+            f"(`{type(cell.cell).__name__}`) instead."
+        )
+    if not (
+        isinstance(cell, keras.layers.Layer)
+        and hasattr(cell, "state_size")
+        and callable(getattr(cell, "call", None))
+    ):
+        raise TypeError(
+            f"Received an invalid value for argument `{where}`: expected a "
+            "Keras 3 RNN cell (a `keras.layers.Layer` with `state_size` and "
+            f"`call(inputs, states)`), got {cell!r} (type "
+            f"{type(cell).__name__})."
+        )
+    _validation.flat_state_sizes(where, cell.state_size)
+    _validation.positive_int(f"{where}.output_size", stages_output_size(cell))
+
+
+def _check_system(index, system):
+    where = f"systems[{index}]"
+    if not isinstance(system, ExternalSystem):
+        raise TypeError(
+            f"Received an invalid value for argument `{where}`: expected an "
+            "instance of `superloop_cell.ExternalSystem`, got "
+            f"{system!r} (type {type(system).__name__})."
+        )
+    for attribute in ("control_size", "output_size"):
+        if not hasattr(system, attribute):
+            raise TypeError(f"`{where}` does not set `{attribute}`.")
+        _validation.positive_int(
+            f"{where}.{attribute}", getattr(system, attribute)
+        )
+    sizes = getattr(system, "state_size", None)
+    if not isinstance(sizes, (list, tuple)):
+        raise TypeError(
+            f"`{where}.state_size` must be a list of ints, got {sizes!r}."
+        )
+    for i, size in enumerate(sizes):
+        _validation.positive_int(f"{where}.state_size[{i}]", size)
+
+
+@keras.saving.register_keras_serializable(package="superloop_cell")
+class SuperloopCell(keras.layers.Layer):
+    """A recurrent stack and its external systems as one Keras 3 RNN cell.
+
+    Use it like any cell: `keras.layers.RNN(SuperloopCell(...))` runs the
+    whole superloop as one loop over sequences of any length, with masking,
+    `unroll=True`, `return_state=True` and `.keras` saving.
+
+    Args:
+        cells: Non-empty list of Keras 3 RNN cells (`SGUCell`, `GRUCell`,
+            `LSTMCell`, `SimpleRNNCell`, or your own), run in order.
+        systems: List of `ExternalSystem`s driven by the stack's output.
+            Default: none, which makes the cell a plain stacked RNN.
+        control_kernel_initializer: Initializer of `control_kernel` for the
+            slices of systems that bring none. Default `"glorot_uniform"`.
+        control_bias_initializer: Same for `control_bias`. Default `"zeros"`.
+        fused: Whether a run of two or more consecutive `SGUCell`s of one
+            width after `cells[0]` (each reading the previous cell's output
+            of that width) is computed as one stacked layer, its weights in
+            one `SGUStack` (see `stages.py`). Default True. Outputs are the
+            same either way; the fused layout keeps the graph from growing
+            with depth. The fused `SGUCell` objects stay unbuilt: their
+            weights are `fused_stacks[i].kernel` etc., with a leading layer
+            axis, and the run's states are one state of `depth·units`.
+        **kwargs: Base `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: `(batch, features)`, one time step; `features` may be 0 for
+            a superloop driven only by its own feedback.
+        states: flat list laid out as in `state_size`.
+        training: Passed to the cells and systems.
+
+    Output shape:
+        `(y, new_states)`, `y` of shape `(batch, cells[-1].output_size)`.
+
+    Example:
+
+    ```python
+    cell = SuperloopCell(
+        cells=[SGUCell(16) for _ in range(4)],
+        systems=[RegisterMemory(depth=4, width=8)],
+    )
+    y = keras.layers.RNN(cell, return_sequences=True)(keras.Input((None, 2)))
+    ```
+    """
+
+    def __init__(
+        self,
+        cells,
+        systems=(),
+        control_kernel_initializer="glorot_uniform",
+        control_bias_initializer="zeros",
+        fused=True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(cells, (list, tuple)):
+            raise TypeError(
+                "Received an invalid value for argument `cells`: expected a "
+                f"list of RNN cells, got {cells!r} (type "
+                f"{type(cells).__name__})."
+            )
+        if not cells:
+            raise ValueError(
+                "Received an invalid value for argument `cells`: expected at "
+                "least one RNN cell, got an empty list."
+            )
+        if not isinstance(systems, (list, tuple)):
+            raise TypeError(
+                "Received an invalid value for argument `systems`: expected a "
+                f"list of ExternalSystems, got {systems!r} (type "
+                f"{type(systems).__name__})."
+            )
+        for i, cell in enumerate(cells):
+            _check_cell(i, cell)
+        for i, system in enumerate(systems):
+            _check_system(i, system)
+        self.cells = list(cells)
+        self.systems = list(systems)
+        self.fused = _validation.boolean("fused", fused)
+        self.control_kernel_initializer = keras.initializers.get(
+            control_kernel_initializer
+        )
+        self.control_bias_initializer = keras.initializers.get(
+            control_bias_initializer
+        )
+        self.feedback_size = sum(s.output_size for s in self.systems)
+        self.control_size = sum(s.control_size for s in self.systems)
+        self.output_size = stages_output_size(self.cells[-1])
+        # Keras' RNN reads `state_size` when it is constructed, so the stage
+        # plan (and with it the state layout) depends on the cells alone.
+        self._stages = plan_stages(self.cells, self.fused)
+        self.fused_stacks = [
+            s.stack for s in self._stages if isinstance(s, SGURunStage)
+        ]
+        self._input_dim = None
+        self.state_size = self._layout_state_size()
+
+    # ------------------------------------------------------------------ build
+
+    def build(self, input_shape):
+        if len(input_shape) != 2:
+            raise ValueError(
+                "SuperloopCell expects one time step of shape (batch, "
+                "features), i.e. RNN inputs of shape (batch, time, features); "
+                f"received a step of shape {tuple(input_shape)}."
+            )
+        input_dim = input_shape[-1]
+        if input_dim is None:
+            raise ValueError(
+                "SuperloopCell needs a known feature width; received inputs "
+                f"of step shape {tuple(input_shape)}."
+            )
+        self._input_dim = int(input_dim)
+        width = self._input_dim + self.feedback_size
+        for stage in self._stages:
+            stage.build(width)
+            width = stage.output_size
+        if self.systems:
+            blocks = [
+                (
+                    s.control_size,
+                    s.control_kernel_initializer
+                    or self.control_kernel_initializer,
+                )
+                for s in self.systems
+            ]
+            self.control_kernel = self.add_weight(
+                shape=(self.output_size, self.control_size),
+                initializer=_SlicedInitializer(blocks),
+                name="control_kernel",
+            )
+            bias_blocks = [
+                (
+                    s.control_size,
+                    s.control_bias_initializer
+                    or self.control_bias_initializer,
+                )
+                for s in self.systems
+            ]
+            self.control_bias = self.add_weight(
+                shape=(self.control_size,),
+                initializer=_SlicedInitializer(bias_blocks),
+                name="control_bias",
+            )
+            for system in self.systems:
+                system.build((None, system.control_size))
+
+    def _layout_state_size(self):
+        sizes = [self.feedback_size] if self.systems else []
+        for stage in self._stages:
+            sizes.extend(stage.state_sizes)
+        for system in self.systems:
+            sizes.extend(system.state_size)
+        return sizes
+
+    def _state_counts(self):
+        return (
+            1 if self.systems else 0,
+            [len(stage.state_sizes) for stage in self._stages],
+            [len(system.state_size) for system in self.systems],
+        )
+
+    def split_states(self, states):
+        """Names the parts of a flat state list (e.g. from `return_state`).
+
+        Returns a dict with `"feedback"` (tensor or None), `"stages"` (one
+        list of states per stage: a cell, or a fused SGU run) and
+        `"systems"` (one list per system, in order).
+        """
+        states = list(states)
+        n_feedback, stage_counts, system_counts = self._state_counts()
+        if len(states) != n_feedback + sum(stage_counts) + sum(system_counts):
+            raise ValueError(
+                f"Expected {n_feedback + sum(stage_counts) + sum(system_counts)}"
+                f" states, got {len(states)}."
+            )
+        feedback = states[0] if n_feedback else None
+        rest = states[n_feedback:]
+        stage_states, system_states = [], []
+        for count in stage_counts:
+            stage_states.append(rest[:count])
+            rest = rest[count:]
+        for count in system_counts:
+            system_states.append(rest[:count])
+            rest = rest[count:]
+        return {
+            "feedback": feedback,
+            "stages": stage_states,
+            "systems": system_states,
+        }
+
+    def system_states(self, states, system):
+        """The states of one system (an index or the object itself)."""
+        index = system if isinstance(system, int) else self.systems.index(system)
+        return self.split_states(states)["systems"][index]
+
+    def get_initial_state(self, batch_size=None):
+        for i, system in enumerate(self.systems):
+            if system.context_shape is not None:
+                raise ValueError(
+                    f"`systems[{i}]` ({type(system).__name__}) reads "
+                    "per-sample data of shape "
+                    f"{tuple(system.context_shape)}, but no initial state was "
+                    "given. Build it with `superloop_cell.initial_state(cell, "
+                    "sequences, contexts)` and pass it as "
+                    "`keras.layers.RNN(cell)(sequences, initial_state=...)`."
+                )
+        return [
+            ops.zeros((batch_size, size), dtype=self.compute_dtype)
+            for size in self.state_size
+        ]
+
+    # ------------------------------------------------------------------- step
+
+    def _check_step_input(self, inputs):
+        if len(inputs.shape) != 2:
+            raise ValueError(
+                "SuperloopCell expects one time step of shape (batch, "
+                f"features); received shape {tuple(inputs.shape)}."
+            )
+        width = inputs.shape[-1]
+        if width is not None and width != self._input_dim:
+            raise ValueError(
+                f"SuperloopCell `{self.name}` was built for inputs with "
+                f"{self._input_dim} features, but received {width} features "
+                f"(step shape {tuple(inputs.shape)})."
+            )
+        dtype = keras.backend.standardize_dtype(inputs.dtype)
+        if not dtype.startswith(("float", "bfloat")):
+            raise TypeError(
+                "SuperloopCell expects floating-point inputs; received dtype "
+                f"{dtype}. Cast the sequences (e.g. `ops.cast(x, 'float32')`)."
+            )
+
+    def call(self, inputs, states, training=False):
+        self._check_step_input(inputs)
+        parts = self.split_states(states)
+        if parts["feedback"] is not None:
+            x = ops.concatenate([inputs, parts["feedback"]], axis=-1)
+        else:
+            x = inputs
+        new_states = []
+        for stage, stage_states in zip(self._stages, parts["stages"]):
+            x, stage_new = stage(x, stage_states, training=training)
+            new_states.extend(stage_new)
+        y = x
+        if not self.systems:
+            return y, new_states
+        controls = ops.matmul(y, self.control_kernel) + self.control_bias
+        outputs, system_new = [], []
+        start = 0
+        for system, sys_states in zip(self.systems, parts["systems"]):
+            control = controls[:, start : start + system.control_size]
+            start += system.control_size
+            out, sys_new = system(control, sys_states, training=training)
+            outputs.append(out)
+            system_new.extend(sys_new)
+        feedback = ops.concatenate(outputs, axis=-1) if len(outputs) > 1 else (
+            outputs[0]
+        )
+        return y, [feedback] + new_states + system_new
+
+    # ----------------------------------------------------------------- config
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "cells": [keras.saving.serialize_keras_object(c) for c in self.cells],
+            "systems": [
+                keras.saving.serialize_keras_object(s) for s in self.systems
+            ],
+            "control_kernel_initializer": keras.initializers.serialize(
+                self.control_kernel_initializer
+            ),
+            "control_bias_initializer": keras.initializers.serialize(
+                self.control_bias_initializer
+            ),
+            "fused": self.fused,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["cells"] = [
+            keras.saving.deserialize_keras_object(c) for c in config["cells"]
+        ]
+        config["systems"] = [
+            keras.saving.deserialize_keras_object(s) for s in config["systems"]
+        ]
+        return cls(**config)

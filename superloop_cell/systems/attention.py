@@ -1,0 +1,100 @@
+"""A soft read head that walks over per-sample data."""
+
+import keras
+from keras import ops
+
+from superloop_cell import _validation
+from superloop_cell.systems.base import ExternalSystem
+
+FALLOFFS = ("linear", "squared")
+
+
+@keras.saving.register_keras_serializable(package="superloop_cell")
+class Attention(ExternalSystem):
+    """Attention head moving along `positions` slots of per-sample data.
+
+    Control (1): how far to move. With `data` of shape
+    `(batch, positions, width)` and `p_0 = 0`:
+
+        p_t    = p_{t−1} + softsign(control)               (batch, 1)
+        w_n    = 1 / (1 + |p_t − n|)        n = 0 … positions − 1
+        output = Σ_n w_n · data_n                          (batch, width)
+
+    The position is a state, so `keras.layers.RNN(..., return_state=True)`
+    returns the final position. The data is a per-sample context: give it
+    through `superloop_cell.initial_state(cell, sequences, data)`; it rides
+    along, unchanged, as this system's last state.
+
+    The control head starts with kernel uniform in [0, 0.1] and bias 0.9, so
+    an untrained head walks forward by about half a position per step.
+
+    Args:
+        positions: Positive integer, number of data slots.
+        width: Positive integer, values per slot.
+        falloff: `"linear"` (default) for `1/(1 + |p − n|)`, `"squared"`
+            for `1/(1 + (p − n)²)`.
+        normalize: Whether to divide the weights by their sum. Default
+            False.
+        clip_position: Whether to keep `p_t` in `[0, positions − 1]` (the
+            gradient is zero where it is clipped). Default False.
+        **kwargs: Base `keras.layers.Layer` arguments.
+    """
+
+    def __init__(
+        self,
+        positions,
+        width,
+        falloff="linear",
+        normalize=False,
+        clip_position=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.positions = _validation.positive_int("positions", positions)
+        self.width = _validation.positive_int("width", width)
+        self.falloff = _validation.choice("falloff", falloff, FALLOFFS)
+        self.normalize = _validation.boolean("normalize", normalize)
+        self.clip_position = _validation.boolean("clip_position", clip_position)
+        self.control_size = 1
+        self.output_size = self.width
+        self.context_shape = (self.positions, self.width)
+        self.state_size = [1, self.positions * self.width]
+        self.control_kernel_initializer = keras.initializers.RandomUniform(
+            0.0, 0.1
+        )
+        self.control_bias_initializer = keras.initializers.Constant(0.9)
+
+    def _position_and_weights(self, control, position):
+        position = position + ops.softsign(control)
+        if self.clip_position:
+            position = ops.clip(position, 0.0, float(self.positions - 1))
+        slots = ops.arange(self.positions, dtype=position.dtype)
+        distance = position - slots[None, :]
+        if self.falloff == "linear":
+            weights = 1.0 / (1.0 + ops.abs(distance))
+        else:
+            weights = 1.0 / (1.0 + ops.square(distance))
+        if self.normalize:
+            weights = weights / ops.sum(weights, axis=-1, keepdims=True)
+        return position, weights
+
+    def call(self, control, states, training=False):
+        position, data = states
+        position, weights = self._position_and_weights(control, position)
+        data3 = ops.reshape(data, (-1, self.positions, self.width))
+        output = ops.sum(weights[:, :, None] * data3, axis=1)
+        return output, [position, data]
+
+    def trace(self, control, states):
+        position, weights = self._position_and_weights(control, states[0])
+        return {"position": position, "weights": weights}
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "positions": self.positions,
+            "width": self.width,
+            "falloff": self.falloff,
+            "normalize": self.normalize,
+            "clip_position": self.clip_position,
+        }

@@ -1,0 +1,61 @@
+"""A soft register memory: `depth` registers of `width` values each."""
+
+import keras
+from keras import ops
+
+from superloop_cell import _validation
+from superloop_cell.systems.base import ExternalSystem
+
+
+@keras.saving.register_keras_serializable(package="superloop_cell")
+class RegisterMemory(ExternalSystem):
+    """Soft register memory written and read once per step.
+
+    Control (`2·depth + width`): `[store logits | recall logits | data]`.
+
+        store  = softmax(store logits)                     (batch, depth)
+        recall = softmax(recall logits)                    (batch, depth)
+        M_t    = (1 − store)[:, :, None] · M_{t−1} + store ⊗ data
+        output = recall · M_t                              (batch, width)
+
+    `M` is `(batch, depth, width)`, zero at the start and read after this
+    step's write. It is carried flattened as one state of `depth·width`.
+
+    Args:
+        depth: Positive integer, number of registers.
+        width: Positive integer, values per register.
+        **kwargs: Base `keras.layers.Layer` arguments.
+
+    Example:
+
+    >>> cell = SuperloopCell([SGUCell(16)], [RegisterMemory(depth=4, width=8)])
+    """
+
+    def __init__(self, depth, width, **kwargs):
+        super().__init__(**kwargs)
+        self.depth = _validation.positive_int("depth", depth)
+        self.width = _validation.positive_int("width", width)
+        self.control_size = 2 * self.depth + self.width
+        self.output_size = self.width
+        self.state_size = [self.depth * self.width]
+
+    def _split(self, control):
+        store = ops.softmax(control[:, : self.depth], axis=-1)
+        recall = ops.softmax(control[:, self.depth : 2 * self.depth], axis=-1)
+        data = control[:, 2 * self.depth :]
+        return store, recall, data
+
+    def call(self, control, states, training=False):
+        store, recall, data = self._split(control)
+        memory = ops.reshape(states[0], (-1, self.depth, self.width))
+        store = store[:, :, None]
+        memory = (1.0 - store) * memory + store * data[:, None, :]
+        output = ops.sum(recall[:, :, None] * memory, axis=1)
+        return output, [ops.reshape(memory, (-1, self.depth * self.width))]
+
+    def trace(self, control, states):
+        store, recall, _ = self._split(control)
+        return {"store": store, "recall": recall}
+
+    def get_config(self):
+        return {**super().get_config(), "depth": self.depth, "width": self.width}

@@ -1,0 +1,106 @@
+"""Independent NumPy re-implementations of every component, step by step.
+
+Written from the equations in the issue/docstrings, not from the package: the
+tests compare the Keras cells against these on random weights and inputs.
+"""
+
+import numpy as np
+
+
+def softsign(x):
+    return x / (1.0 + np.abs(x))
+
+
+def softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def sgu_step(x, h, kernel, recurrent_kernel, bias):
+    units = h.shape[-1]
+    z = x @ kernel + bias
+    f = (softsign(z[:, :units] + h @ recurrent_kernel) + 1.0) / 2.0
+    zc = z[:, units:]
+    c = np.where(zc > 0, zc, 0.1 * zc)
+    return (1.0 - f) * c + f * h
+
+
+def register_memory_step(control, memory, depth, width):
+    """memory: (batch, depth, width). Returns (output, new memory)."""
+    store = softmax(control[:, :depth])
+    recall = softmax(control[:, depth : 2 * depth])
+    data = control[:, 2 * depth :]
+    new = np.empty_like(memory)
+    for b in range(memory.shape[0]):
+        for i in range(depth):
+            new[b, i] = (1 - store[b, i]) * memory[b, i] + store[b, i] * data[b]
+    out = np.einsum("bd,bdw->bw", recall, new)
+    return out, new
+
+
+def attention_step(control, position, data, falloff="linear",
+                   normalize=False, clip_position=False):
+    """position: (batch, 1); data: (batch, positions, width)."""
+    positions = data.shape[1]
+    p = position + softsign(control)
+    if clip_position:
+        p = np.clip(p, 0, positions - 1)
+    n = np.arange(positions)[None, :]
+    if falloff == "linear":
+        w = 1.0 / (1.0 + np.abs(p - n))
+    else:
+        w = 1.0 / (1.0 + (p - n) ** 2)
+    if normalize:
+        w = w / w.sum(axis=-1, keepdims=True)
+    out = np.einsum("bn,bnw->bw", w, data)
+    return out, p
+
+
+def superloop_run(x_seq, layers, control_kernel, control_bias, systems,
+                  contexts=None):
+    """Runs a superloop of SGU layers over (batch, T, features).
+
+    layers: list of (kernel, recurrent_kernel, bias).
+    systems: list of dicts {"kind": "register"|"attention", ...params}.
+    Returns (outputs (batch, T, units), final dict with positions/memories).
+    """
+    batch, steps, _ = x_seq.shape
+    hs = [np.zeros((batch, r.shape[0]), np.float64) for _, r, _ in layers]
+    feedback_width = sum(s["width"] for s in systems)
+    feedback = np.zeros((batch, feedback_width))
+    sys_state = []
+    for s in systems:
+        if s["kind"] == "register":
+            sys_state.append(np.zeros((batch, s["depth"], s["width"])))
+        else:
+            sys_state.append(np.zeros((batch, 1)))
+    outputs = []
+    for t in range(steps):
+        u = np.concatenate([x_seq[:, t], feedback], axis=-1)
+        for i, (k, r, b) in enumerate(layers):
+            hs[i] = sgu_step(u, hs[i], k, r, b)
+            u = hs[i]
+        y = u
+        outputs.append(y)
+        if not systems:
+            continue
+        controls = y @ control_kernel + control_bias
+        start = 0
+        fed = []
+        for i, s in enumerate(systems):
+            if s["kind"] == "register":
+                size = 2 * s["depth"] + s["width"]
+                out, sys_state[i] = register_memory_step(
+                    controls[:, start : start + size], sys_state[i],
+                    s["depth"], s["width"])
+            else:
+                size = 1
+                opts = {k: s[k] for k in ("falloff", "normalize",
+                                          "clip_position") if k in s}
+                out, sys_state[i] = attention_step(
+                    controls[:, start : start + size], sys_state[i],
+                    contexts[i], **opts)
+            start += size
+            fed.append(out)
+        feedback = np.concatenate(fed, axis=-1)
+    return np.stack(outputs, axis=1), sys_state, hs
