@@ -7,11 +7,12 @@ extra input at the next step — all inside one cell, so
 """
 
 from superloop_cell.cells.sgu import SGUCell
-from superloop_cell.context import SuperloopInitialState, initial_state
+from superloop_cell.context import StepMask, SuperloopInitialState, initial_state
 from superloop_cell.stages import SGUStack
 from superloop_cell.superloop import SuperloopCell
 from superloop_cell.systems.attention import Attention
 from superloop_cell.systems.base import ExternalSystem
+from superloop_cell.systems.neural_stack import NeuralStack
 from superloop_cell.systems.register_memory import RegisterMemory
 
 __version__ = "0.1.0"
@@ -22,7 +23,9 @@ __all__ = [
     "RegisterMemory",
     "SGUCell",
     "SGUStack",
+    "StepMask",
     "SuperloopCell",
     "SuperloopInitialState",
+    "NeuralStack",
     "initial_state",
 ]

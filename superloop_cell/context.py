@@ -96,6 +96,40 @@ class SuperloopInitialState(keras.layers.Layer):
         }
 
 
+@keras.saving.register_keras_serializable(package="superloop_cell")
+class StepMask(keras.layers.Layer):
+    """The `(batch, time)` mask of steps whose features are not all `mask_value`.
+
+    Keras 3 fills a layer's `mask` argument from its input only when the
+    layer receives a single tensor argument. `keras.layers.RNN(cell)(x,
+    initial_state=states)` receives two, so the mask of a `Masking` layer
+    is silently dropped there: pass it explicitly with this layer.
+
+    Args:
+        mask_value: Float, the padding value. Default 0.0.
+
+    Example:
+
+    ```python
+    mask = StepMask(0.0)(sequences)
+    y = keras.layers.RNN(cell)(sequences, initial_state=states, mask=mask)
+    ```
+    """
+
+    def __init__(self, mask_value=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.mask_value = float(mask_value)
+
+    def call(self, sequences):
+        return ops.any(ops.not_equal(sequences, self.mask_value), axis=-1)
+
+    def compute_output_spec(self, sequences):
+        return keras.KerasTensor(sequences.shape[:-1], dtype="bool")
+
+    def get_config(self):
+        return {**super().get_config(), "mask_value": self.mask_value}
+
+
 def initial_state(cell, sequences, contexts=()):
     """The initial state of `cell` with the per-sample contexts of its systems.
 
@@ -110,7 +144,9 @@ def initial_state(cell, sequences, contexts=()):
 
     Returns:
         A list of tensors for `keras.layers.RNN(cell)(sequences,
-        initial_state=...)`.
+        initial_state=...)`. With padded sequences, pass the mask explicitly
+        too (`mask=StepMask()(sequences)`): Keras drops a `Masking` layer's
+        mask when `initial_state` is given.
 
     Example:
 

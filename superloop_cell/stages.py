@@ -16,9 +16,14 @@ import keras
 from keras import ops
 
 from superloop_cell import _validation
+from superloop_cell._loops import scan_layers
 from superloop_cell.cells.sgu import SGUCell, sgu_update
 
 MIN_FUSED_RUN = 2
+# Layers computed per iteration of the loop over a fused run: the loop body
+# holds this many copies of the SGU step (a trade between the per-iteration
+# cost of the loop and the size of the graph; see benchmarks/RESULTS.md).
+LAYERS_PER_ITERATION = 8
 
 
 class _StackedInitializer(keras.initializers.Initializer):
@@ -140,25 +145,60 @@ class SGUStack(keras.layers.Layer):
             `(y, new_states)`: the last layer's output `(batch, units)` and
             the new `(batch, depth·units)` states.
         """
-        h_all = ops.transpose(
-            ops.reshape(states, (-1, self.depth, self.units)), (1, 0, 2)
-        )
+        d, u = self.depth, self.units
+        n_groups = -(-d // LAYERS_PER_ITERATION)
+        group = d // n_groups
+        weights = (self.kernel, self.recurrent_kernel, self.bias)
 
-        def layer(carry, weights):
-            h, kernel, recurrent_kernel, bias = weights
-            z = ops.matmul(carry, kernel) + bias
-            h_new = sgu_update(z, h, recurrent_kernel)
-            return h_new, h_new
+        def run_layers(x, h, kernel, recurrent_kernel, bias):
+            # h: (batch, n·units); weights with a leading axis of n layers.
+            # Unstack/split once rather than index per layer: the gradient
+            # of an index is a zero-padded copy of the whole stack.
+            n = kernel.shape[0]
+            hs = ops.split(h, n, axis=-1) if n > 1 else [h]
+            outs = []
+            for k, r, b, h_l in zip(
+                ops.unstack(kernel, n),
+                ops.unstack(recurrent_kernel, n),
+                ops.unstack(bias, n),
+                hs,
+            ):
+                x = sgu_update(ops.matmul(x, k) + b, h_l, r)
+                outs.append(x)
+            return x, outs
 
-        y, h_new_all = ops.scan(
-            layer,
-            x,
-            (h_all, self.kernel, self.recurrent_kernel, self.bias),
+        def grouped(x, per_group):
+            h, kernel, recurrent_kernel, bias = per_group
+            x, outs = run_layers(x, h, kernel, recurrent_kernel, bias)
+            return x, ops.concatenate(outs, axis=-1)
+
+        pieces = []
+        n_loop = n_groups * group
+        if n_groups > 1:
+            hg = ops.transpose(
+                ops.reshape(states[:, : n_loop * u], (-1, n_groups, group * u)),
+                (1, 0, 2),
+            )
+            wg = tuple(
+                ops.reshape(w[:n_loop], (n_groups, group) + tuple(w.shape[1:]))
+                for w in weights
+            )
+            x, ys = scan_layers(grouped, x, (hg,) + wg, n_groups, group * u)
+            # ys: (n_groups, batch, group·units) -> (batch, n_loop·units)
+            pieces.append(
+                ops.reshape(ops.transpose(ys, (1, 0, 2)), (-1, n_loop * u))
+            )
+        else:
+            n_loop = 0
+        if n_loop < d:
+            x, outs = run_layers(
+                x, states[:, n_loop * u :], *(w[n_loop:] for w in weights)
+            )
+            pieces.extend(outs)
+        new_states = (
+            ops.concatenate(pieces, axis=-1) if len(pieces) > 1 else pieces[0]
         )
-        new_states = ops.reshape(
-            ops.transpose(h_new_all, (1, 0, 2)), (-1, self.depth * self.units)
-        )
-        return y, new_states
+        return x, new_states
 
     def get_config(self):
         return {

@@ -1,0 +1,135 @@
+"""A differentiable stack (Grefenstette et al. 2015) with a fixed capacity."""
+
+import keras
+from keras import ops
+
+from superloop_cell import _validation
+from superloop_cell.systems.base import ExternalSystem
+
+
+def _strength_above(strengths):
+    """`Σ_{j>i} s[j]` for every slot `i`: (batch, K) → (batch, K).
+
+    An exclusive suffix sum, done as a reversed cumulative sum shifted by one
+    slot rather than `cumsum − s`, so that no cancellation error creeps in.
+    """
+    reversed_cumsum = ops.cumsum(ops.flip(strengths, axis=-1), axis=-1)
+    suffix = ops.flip(reversed_cumsum, axis=-1)
+    return ops.concatenate(
+        [suffix[:, 1:], ops.zeros_like(strengths[:, :1])], axis=-1
+    )
+
+
+@keras.saving.register_keras_serializable(package="superloop_cell")
+class NeuralStack(ExternalSystem):
+    """Continuous stack with soft push and pop, after Grefenstette et al.
+
+    "Learning to Transduce with Unbounded Memory" (2015), section 3.1, with
+    the unbounded memory replaced by `capacity` fixed slots.
+
+    Control (`width + 2`): `[push logit | pop logit | value (width)]`.
+
+        d_t = sigmoid(push logit)                          (batch, 1)
+        u_t = sigmoid(pop logit)                           (batch, 1)
+        v_t = tanh(value)                                  (batch, width)
+
+    With `s` the strengths (batch, K) and `V` the values (batch, K, width)
+    of the elements on the stack, oldest first, one step pops, then pushes,
+    then reads:
+
+        pop:   s'[i] = max(0, s_{t−1}[i] − max(0, u_t − Σ_{j>i} s_{t−1}[j]))
+        push:  s_t = [s'[1:], d_t]        V_t = [V_{t−1}[1:], v_t]
+        read:  w_t[i] = min(s_t[i], max(0, 1 − Σ_{j>i} s_t[j]))
+               r_t    = Σ_i w_t[i] · V_t[i]                (batch, width)
+
+    `r_t` is the system's output. At the start every slot is empty
+    (strength 0, value 0); an empty slot is invisible to pops and reads.
+
+    Capacity: the slots are a shift register. Every step shifts the stack
+    down by one slot and writes the new element into the last slot, even
+    when `d_t ≈ 0`, so the element in the first slot is dropped at every
+    step. `capacity` therefore bounds how many *steps* back the stack
+    remembers: the element pushed at step `t` is gone after step
+    `t + capacity − 1`, whatever its strength. Because nothing in the
+    equations looks below an element, dropping the bottom element leaves
+    everything above it unchanged: the kept strengths, and all pops, are
+    exactly those of the unbounded stack, and the read differs from it only
+    by the dropped elements' share `w[i]·V[i]`.
+
+    States: `[strengths (K), values (K·width)]`, zeros at the start; the
+    values are `V` flattened slot by slot.
+
+    `trace` returns `push` and `pop` (batch, 1), and `strengths` and
+    `read_weights` (batch, K) after the step.
+
+    Args:
+        width: Positive integer, values per element.
+        capacity: Positive integer `K`, number of slots: how many steps
+            back the stack remembers.
+        **kwargs: Base `keras.layers.Layer` arguments.
+
+    Call arguments:
+        control: `(batch, width + 2)`.
+        states: `[strengths (batch, K), values (batch, K·width)]`.
+        training: Unused.
+
+    Output shape:
+        `(r_t, new_states)`, `r_t` of shape `(batch, width)`.
+
+    Example:
+
+    >>> cell = SuperloopCell([SGUCell(16)], [NeuralStack(8, capacity=32)])
+    """
+
+    def __init__(self, width, capacity, **kwargs):
+        super().__init__(**kwargs)
+        self.width = _validation.positive_int("width", width)
+        self.capacity = _validation.positive_int("capacity", capacity)
+        self.control_size = self.width + 2
+        self.output_size = self.width
+        self.state_size = [self.capacity, self.capacity * self.width]
+
+    def _step(self, control, states):
+        push = ops.sigmoid(control[:, :1])
+        pop = ops.sigmoid(control[:, 1:2])
+        value = ops.tanh(control[:, 2:])
+        strengths, values = states
+        values = ops.reshape(values, (-1, self.capacity, self.width))
+
+        popped = ops.relu(
+            strengths - ops.relu(pop - _strength_above(strengths))
+        )
+        strengths = ops.concatenate([popped[:, 1:], push], axis=-1)
+        values = ops.concatenate([values[:, 1:], value[:, None, :]], axis=1)
+
+        read_weights = ops.minimum(
+            strengths, ops.relu(1.0 - _strength_above(strengths))
+        )
+        read = ops.sum(read_weights[:, :, None] * values, axis=1)
+        return {
+            "push": push,
+            "pop": pop,
+            "strengths": strengths,
+            "values": values,
+            "read_weights": read_weights,
+            "read": read,
+        }
+
+    def call(self, control, states, training=False):
+        step = self._step(control, states)
+        values = ops.reshape(step["values"], (-1, self.capacity * self.width))
+        return step["read"], [step["strengths"], values]
+
+    def trace(self, control, states):
+        step = self._step(control, states)
+        return {
+            name: step[name]
+            for name in ("push", "pop", "strengths", "read_weights")
+        }
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "width": self.width,
+            "capacity": self.capacity,
+        }

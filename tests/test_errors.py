@@ -1,0 +1,145 @@
+"""Bad input: a clear ValueError/TypeError naming the argument, raised
+before any computation."""
+
+import keras
+import numpy as np
+import pytest
+
+import superloop_cell as sc
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, "4", True, None])
+@pytest.mark.parametrize("make", [
+    lambda v: sc.SGUCell(v),
+    lambda v: sc.RegisterMemory(v, 4),
+    lambda v: sc.RegisterMemory(4, v),
+    lambda v: sc.Attention(v, 1),
+    lambda v: sc.Attention(3, v),
+], ids=["SGUCell.units", "RegisterMemory.depth", "RegisterMemory.width",
+        "Attention.positions", "Attention.width"])
+def test_non_positive_or_non_integer_sizes(make, value):
+    with pytest.raises(ValueError, match=r"argument `(units|depth|width|"
+                                         r"positions)`.*got " +
+                                         repr(value).replace(".", r"\.")):
+        make(value)
+
+
+def test_attention_options_are_checked():
+    with pytest.raises(ValueError, match="`falloff`.*'cubic'"):
+        sc.Attention(3, 1, falloff="cubic")
+    with pytest.raises(TypeError, match="`normalize`.*'yes'"):
+        sc.Attention(3, 1, normalize="yes")
+
+
+def test_empty_cells():
+    with pytest.raises(ValueError, match="`cells`.*empty list"):
+        sc.SuperloopCell([], [sc.RegisterMemory(2, 2)])
+
+
+def test_cells_not_a_list():
+    with pytest.raises(TypeError, match="`cells`.*SGUCell"):
+        sc.SuperloopCell(sc.SGUCell(3))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (keras.layers.Dense(3), r"`cells\[1\]`.*Dense"),
+    ("gru", r"`cells\[1\]`.*'gru'"),
+    (sc.RegisterMemory(2, 2), r"`cells\[1\]` is an external system"),
+    (keras.layers.RNN(sc.SGUCell(2)), r"`cells\[1\]` is a `keras.layers.RNN`"),
+])
+def test_object_in_cells_that_is_not_a_cell(bad, message):
+    with pytest.raises(TypeError, match=message):
+        sc.SuperloopCell([sc.SGUCell(3), bad])
+
+
+@pytest.mark.parametrize("bad, message", [
+    (sc.SGUCell(3), r"`systems\[0\]`.*ExternalSystem.*SGUCell"),
+    (keras.layers.Dense(3), r"`systems\[0\]`.*Dense"),
+    (42, r"`systems\[0\]`.*42"),
+])
+def test_object_in_systems_that_is_not_a_system(bad, message):
+    with pytest.raises(TypeError, match=message):
+        sc.SuperloopCell([sc.SGUCell(3)], [bad])
+
+
+def test_user_system_with_bad_sizes():
+    class Broken(sc.ExternalSystem):
+        def __init__(self):
+            super().__init__()
+            self.control_size = 0
+            self.output_size = 2
+            self.state_size = [2]
+
+    with pytest.raises(ValueError, match=r"`systems\[0\].control_size`"):
+        sc.SuperloopCell([sc.SGUCell(3)], [Broken()])
+
+
+def _model(cell, features):
+    inp = keras.Input((None, features))
+    return keras.Model(inp, keras.layers.RNN(cell)(inp))
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (2, 4, 3, 1)])
+def test_input_of_wrong_rank(shape):
+    layer = keras.layers.RNN(sc.SuperloopCell([sc.SGUCell(3)]))
+    with pytest.raises(ValueError, match="(batch, time, features)|rank"):
+        layer(np.zeros(shape, "float32"))
+
+
+def test_feature_width_differs_from_build():
+    cell = sc.SuperloopCell([sc.SGUCell(3)], [sc.RegisterMemory(2, 2)])
+    layer = keras.layers.RNN(cell)
+    layer(np.zeros((1, 2, 3), "float32"))
+    with pytest.raises(ValueError, match="built for inputs with 3 features, "
+                                         "but received 5"):
+        layer(np.zeros((1, 2, 5), "float32"))
+
+
+# Keras builds a functional RNN from shapes alone: the two checks below fire
+# when the step is first traced (first eager call, predict or fit), before
+# anything is computed.
+
+def test_non_float_input():
+    cell = sc.SuperloopCell([sc.SGUCell(3)], [sc.RegisterMemory(2, 2)])
+    with pytest.raises(TypeError, match="floating-point inputs.*int32"):
+        keras.layers.RNN(cell)(np.zeros((1, 2, 2), "int32"))
+    inp = keras.Input((None, 2), dtype="int32")
+    model = keras.Model(inp, keras.layers.RNN(cell)(inp))
+    with pytest.raises(TypeError, match="floating-point inputs.*int32"):
+        model.predict(np.zeros((1, 2, 2), "int32"), verbose=0)
+
+
+def test_attention_data_missing():
+    cell = sc.SuperloopCell([sc.SGUCell(3)], [sc.Attention(4, 1)])
+    with pytest.raises(ValueError, match=r"`systems\[0\]` \(Attention\) "
+                                         r"reads per-sample data"):
+        keras.layers.RNN(cell)(np.zeros((1, 3, 2), "float32"))
+
+
+def test_attention_data_count_wrong():
+    cell = sc.SuperloopCell([sc.SGUCell(3)], [sc.Attention(4, 1)])
+    seq = keras.Input((None, 2))
+    with pytest.raises(ValueError, match="`contexts`.*1 context.*0 were"):
+        sc.initial_state(cell, seq, [])
+
+
+@pytest.mark.parametrize("shape", [(4,), (5, 1), (4, 2), (4, 1, 1)])
+def test_attention_data_of_wrong_shape(shape):
+    cell = sc.SuperloopCell([sc.SGUCell(3)], [sc.Attention(4, 1)])
+    seq = keras.Input((None, 2))
+    with pytest.raises(ValueError, match=r"context of `systems\[0\] "
+                                         r"\(Attention\)` must have shape "
+                                         r"\(batch, 4, 1\)"):
+        sc.initial_state(cell, seq, keras.Input(shape))
+
+
+def test_attention_data_of_wrong_shape_eager():
+    cell = sc.SuperloopCell([sc.SGUCell(3)], [sc.Attention(4, 1)])
+    with pytest.raises(ValueError, match=r"received shape \(2, 3, 1\)"):
+        sc.initial_state(cell, np.zeros((2, 5, 2), "float32"),
+                         np.zeros((2, 3, 1), "float32"))
+
+
+def test_initial_state_needs_a_superloop_cell():
+    with pytest.raises(TypeError, match="`cell`.*SGUCell"):
+        sc.initial_state(sc.SGUCell(3), keras.Input((None, 2)))

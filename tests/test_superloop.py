@@ -1,0 +1,317 @@
+"""SuperloopCell: wiring against NumPy, fused vs unfused, loop vs unroll,
+masking, variable length, gradients, saving, training."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import superloop_cell as sc
+from superloop_cell import stages
+from helpers import (copy_weights_unfused_to_fused, randomize, rnn_model,
+                     sgu_layers)
+from reference import superloop_run
+
+ATOL = 1e-5
+
+
+def _attention_model(cell, steps, features, positions, width, **rnn_kwargs):
+    seq = keras.Input((steps, features))
+    data = keras.Input((positions, width))
+    states = sc.initial_state(cell, seq, data)
+    outputs = keras.layers.RNN(cell, **rnn_kwargs)(seq, initial_state=states)
+    return keras.Model([seq, data], outputs)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("depth", [1, 4])
+def test_matches_numpy_with_register_memory_and_attention(fused, depth):
+    positions, width = 5, 2
+    systems = [sc.RegisterMemory(3, 4), sc.Attention(positions, width)]
+    cell = sc.SuperloopCell([sc.SGUCell(6) for _ in range(depth)], systems,
+                            fused=fused)
+    model = _attention_model(cell, None, 3, positions, width,
+                             return_sequences=True)
+    randomize(cell, scale=0.6, seed=depth)
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, 9, 3)).astype("f4")
+    data = rng.normal(size=(2, positions, width)).astype("f4")
+    out = model.predict([x, data], verbose=0)
+    ref, _, _ = superloop_run(
+        x, sgu_layers(cell),
+        keras.ops.convert_to_numpy(cell.control_kernel),
+        keras.ops.convert_to_numpy(cell.control_bias),
+        [{"kind": "register", "depth": 3, "width": 4},
+         {"kind": "attention", "width": width}],
+        contexts=[None, data])
+    np.testing.assert_allclose(out, ref, atol=ATOL)
+
+
+@pytest.mark.parametrize("layers_per_iteration", [2, 3, 8])
+def test_fused_equals_unfused_for_every_grouping(monkeypatch,
+                                                 layers_per_iteration):
+    # A run of 10 SGU layers: grouped loop with and without a tail.
+    monkeypatch.setattr(stages, "LAYERS_PER_ITERATION", layers_per_iteration)
+    make = lambda fused: sc.SuperloopCell(  # noqa: E731
+        [sc.SGUCell(5) for _ in range(11)], [sc.RegisterMemory(2, 3)],
+        fused=fused)
+    unfused, fused = make(False), make(True)
+    assert len(fused.fused_stacks) == 1 and fused.fused_stacks[0].depth == 10
+    assert not unfused.fused_stacks
+    m_unfused = rnn_model(unfused, 2, return_sequences=True,
+                          return_state=True)
+    m_fused = rnn_model(fused, 2, return_sequences=True, return_state=True)
+    randomize(unfused, seed=3)
+    copy_weights_unfused_to_fused(unfused, fused)
+    x = np.random.default_rng(0).normal(size=(3, 7, 2)).astype("f4")
+    a, b = m_unfused(x), m_fused(x)
+    np.testing.assert_allclose(a[0], b[0], atol=ATOL)
+    # States: the fused run's one state is the unfused per-layer states.
+    run_states = keras.ops.convert_to_numpy(
+        fused.split_states(b[1:])["stages"][1][0])
+    per_layer = [keras.ops.convert_to_numpy(s[0]) for s in
+                 unfused.split_states(a[1:])["stages"][1:]]
+    np.testing.assert_allclose(run_states, np.concatenate(per_layer, -1),
+                               atol=ATOL)
+
+
+def test_mixed_cells_fall_back_and_match_step_by_step():
+    # A GRUCell and an LSTMCell among SGUCells: only same-width SGU runs fuse.
+    cells = [sc.SGUCell(4), sc.SGUCell(4), sc.SGUCell(4),
+             keras.layers.GRUCell(4), keras.layers.LSTMCell(5),
+             sc.SGUCell(5), sc.SGUCell(5), keras.layers.SimpleRNNCell(3)]
+    cell = sc.SuperloopCell(cells, [sc.RegisterMemory(2, 2)])
+    kinds = [type(s).__name__ for s in cell._stages]
+    assert kinds == ["CellStage", "SGURunStage", "CellStage", "CellStage",
+                     "SGURunStage", "CellStage"]
+    # LSTM has two states; every state is in the flat layout.
+    assert cell.state_size == [2, 4, 8, 4, 5, 5, 10, 3, 4]
+    layer = keras.layers.RNN(cell, return_sequences=True)
+    x = np.random.default_rng(1).normal(size=(2, 5, 3)).astype("f4")
+    out = keras.ops.convert_to_numpy(layer(x))
+    # Drive the cell by hand, step by step, with the same weights.
+    states = cell.get_initial_state(2)
+    for t in range(5):
+        y, states = cell(x[:, t], states)
+        np.testing.assert_allclose(out[:, t], y, atol=ATOL)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_unroll_and_loop_give_same_outputs_and_gradients(fused):
+    cell_loop = sc.SuperloopCell([sc.SGUCell(4) for _ in range(3)],
+                                 [sc.RegisterMemory(2, 3)], fused=fused)
+    cell_unroll = sc.SuperloopCell.from_config(cell_loop.get_config())
+    m_loop = rnn_model(cell_loop, 2, steps=6, return_sequences=True)
+    m_unroll = rnn_model(cell_unroll, 2, steps=6, return_sequences=True,
+                         unroll=True)
+    randomize(m_loop, seed=4)
+    m_unroll.set_weights(m_loop.get_weights())
+    x = tf.constant(np.random.default_rng(2).normal(size=(2, 6, 2)), "float32")
+
+    def outputs_and_grads(model):
+        with tf.GradientTape() as tape:
+            out = model(x)
+            loss = tf.reduce_sum(tf.sin(out))
+        return out, tape.gradient(loss, model.trainable_weights)
+
+    out_a, grads_a = outputs_and_grads(m_loop)
+    out_b, grads_b = outputs_and_grads(m_unroll)
+    np.testing.assert_allclose(out_a, out_b, atol=ATOL)
+    assert len(grads_a) == len(grads_b) > 0
+    for ga, gb in zip(grads_a, grads_b):
+        np.testing.assert_allclose(ga, gb, atol=ATOL)
+
+
+def _padded_batch_equals_each_alone(model, with_context):
+    rng = np.random.default_rng(7)
+    lengths = [7, 3, 5]
+    seqs = [rng.normal(size=(n, 2)).astype("f4") + 3.0 for n in lengths]
+    ctx = rng.normal(size=(3, 4, 1)).astype("f4")
+    padded = np.zeros((3, 7, 2), "f4")
+    for i, s in enumerate(seqs):
+        padded[i, : len(s)] = s
+    inputs = lambda x, c: [x, c] if with_context else x  # noqa: E731
+    batch_out = model.predict(inputs(padded, ctx), verbose=0)
+    for i, s in enumerate(seqs):
+        alone = model.predict(inputs(s[None], ctx[i : i + 1]), verbose=0)
+        np.testing.assert_allclose(batch_out[0][i, : len(s)], alone[0][0],
+                                   atol=ATOL)
+        for b_state, a_state in zip(batch_out[1:], alone[1:]):
+            np.testing.assert_allclose(b_state[i], a_state[0], atol=ATOL)
+
+
+def test_masking_layer_padding_equals_each_sequence_alone():
+    cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(3)],
+                            [sc.RegisterMemory(2, 3)])
+    seq = keras.Input((None, 2))
+    masked = keras.layers.Masking(0.0)(seq)
+    outputs = keras.layers.RNN(cell, return_sequences=True,
+                               return_state=True)(masked)
+    model = keras.Model(seq, outputs)
+    randomize(cell, seed=6)
+    _padded_batch_equals_each_alone(model, with_context=False)
+
+
+def test_explicit_mask_with_context_equals_each_sequence_alone():
+    # With `initial_state`, Keras drops a Masking layer's mask: pass `mask=`.
+    cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(3)],
+                            [sc.RegisterMemory(2, 3), sc.Attention(4, 1)])
+    seq = keras.Input((None, 2))
+    data = keras.Input((4, 1))
+    states = sc.initial_state(cell, seq, data)
+    outputs = keras.layers.RNN(cell, return_sequences=True,
+                               return_state=True)(
+        seq, initial_state=states, mask=sc.StepMask(0.0)(seq))
+    model = keras.Model([seq, data], outputs)
+    randomize(cell, seed=6)
+    _padded_batch_equals_each_alone(model, with_context=True)
+
+
+def test_one_model_runs_short_and_long_sequences_without_rebuild():
+    cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(3)],
+                            [sc.RegisterMemory(2, 3)])
+    model = rnn_model(cell, 2, return_sequences=True)
+    weights_before = [w.path for w in model.weights]
+    for steps in (3, 300):
+        x = np.ones((2, steps, 2), "f4")
+        assert model.predict(x, verbose=0).shape == (2, steps, 4)
+    assert [w.path for w in model.weights] == weights_before
+
+
+def test_no_external_input_only_length_matters():
+    # The older project's `model_inputs = 0`: inputs of width 0.
+    cell = sc.SuperloopCell([sc.SGUCell(6), sc.SGUCell(6)],
+                            [sc.Attention(8, 1)])
+    steps = keras.Input((None, 0))
+    data = keras.Input((8, 1))
+    states = sc.initial_state(cell, steps, data)
+    _, *final = keras.layers.RNN(cell, return_state=True)(
+        steps, initial_state=states)
+    position = cell.system_states(final, 0)[0]
+    model = keras.Model([steps, data], position)
+    d = np.random.default_rng(0).normal(size=(2, 8, 1)).astype("f4")
+    p10 = model.predict([np.zeros((2, 10, 0), "f4"), d], verbose=0)
+    p20 = model.predict([np.zeros((2, 20, 0), "f4"), d], verbose=0)
+    assert p10.shape == (2, 1)
+    # Untrained, the head walks forward: further after more steps.
+    assert np.all(p20 > p10) and np.all(p10 > 0)
+    layers = sgu_layers(cell)
+    ref, sys_states, _ = superloop_run(
+        np.zeros((2, 10, 0)), layers,
+        keras.ops.convert_to_numpy(cell.control_kernel),
+        keras.ops.convert_to_numpy(cell.control_bias),
+        [{"kind": "attention", "width": 1}], contexts=[d])
+    np.testing.assert_allclose(p10, sys_states[0], atol=ATOL)
+
+
+def test_gradients_match_finite_differences():
+    keras.config.set_floatx("float64")
+    try:
+        cell = sc.SuperloopCell([sc.SGUCell(3), sc.SGUCell(3), sc.SGUCell(3)],
+                                [sc.RegisterMemory(2, 2), sc.Attention(3, 1)])
+        model = _attention_model(cell, 4, 2, 3, 1, return_sequences=True)
+        randomize(cell, seed=8)
+        rng = np.random.default_rng(9)
+        x = tf.constant(rng.normal(size=(2, 4, 2)))
+        d = tf.constant(rng.normal(size=(2, 3, 1)))
+
+        def loss():
+            return tf.reduce_sum(tf.sin(model([x, d])))
+
+        with tf.GradientTape() as tape:
+            value = loss()
+        grads = tape.gradient(value, cell.trainable_weights)
+        eps = 1e-6
+        for w, g in zip(cell.trainable_weights, grads):
+            flat = w.numpy().reshape(-1)
+            for idx in rng.choice(flat.size, size=min(4, flat.size),
+                                  replace=False):
+                orig = flat[idx]
+                flat[idx] = orig + eps
+                w.assign(flat.reshape(w.shape))
+                up = loss().numpy()
+                flat[idx] = orig - eps
+                w.assign(flat.reshape(w.shape))
+                down = loss().numpy()
+                flat[idx] = orig
+                w.assign(flat.reshape(w.shape))
+                numeric = (up - down) / (2 * eps)
+                analytic = g.numpy().reshape(-1)[idx]
+                np.testing.assert_allclose(analytic, numeric, rtol=1e-5,
+                                           atol=1e-7, err_msg=w.path)
+    finally:
+        keras.config.set_floatx("float32")
+
+
+@pytest.mark.parametrize("case", ["zeros", "plus_1e4", "minus_1e4", "long"])
+def test_no_nan_or_inf(case):
+    steps = 2000 if case == "long" else 20
+    cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(3)],
+                            [sc.RegisterMemory(2, 3), sc.Attention(4, 2)])
+    model = _attention_model(cell, None, 2, 4, 2, return_sequences=True)
+    value = {"zeros": 0.0, "plus_1e4": 1e4, "minus_1e4": -1e4}.get(case, 1.0)
+    x = tf.constant(np.full((2, steps, 2), value, "float32"))
+    d = tf.constant(np.full((2, 4, 2), value if case != "long" else 0.5,
+                            "float32"))
+    with tf.GradientTape() as tape:
+        out = model([x, d])
+        loss = tf.reduce_sum(out)
+    grads = tape.gradient(loss, model.trainable_weights)
+    assert np.all(np.isfinite(out))
+    for g in grads:
+        assert np.all(np.isfinite(g))
+
+
+def test_save_and_load_keras_file_gives_identical_outputs(tmp_path):
+    cell = sc.SuperloopCell(
+        [sc.SGUCell(4), sc.SGUCell(4), sc.SGUCell(4),
+         keras.layers.LSTMCell(3)],
+        [sc.RegisterMemory(2, 3), sc.Attention(4, 1, falloff="squared",
+                                               normalize=True)])
+    model = _attention_model(cell, None, 2, 4, 1, return_sequences=True)
+    randomize(cell, seed=10)
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(2, 6, 2)).astype("f4")
+    d = rng.normal(size=(2, 4, 1)).astype("f4")
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(model.predict([x, d], verbose=0),
+                                  loaded.predict([x, d], verbose=0))
+    loaded_cell = loaded.layers[-1].cell
+    assert isinstance(loaded_cell, sc.SuperloopCell)
+    assert loaded_cell.systems[1].falloff == "squared"
+
+
+def test_config_round_trip():
+    cell = sc.SuperloopCell(
+        [sc.SGUCell(4), keras.layers.GRUCell(3), sc.SGUCell(5)],
+        [sc.RegisterMemory(2, 3), sc.Attention(6, 2, clip_position=True)],
+        control_bias_initializer="ones", fused=False, name="loop")
+    config = cell.get_config()
+    clone = sc.SuperloopCell.from_config(config)
+    assert clone.get_config() == config
+    assert [type(c) for c in clone.cells] == [type(c) for c in cell.cells]
+    assert clone.systems[1].clip_position is True
+    assert clone.state_size == cell.state_size
+    again = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(cell))
+    assert again.get_config() == config
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_fit_lowers_loss_on_a_learnable_task(jit_compile):
+    # Running sum of the input: needs memory across steps.
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(128, 12, 1)).astype("f4")
+    y = np.cumsum(x, axis=1) / 4.0
+    cell = sc.SuperloopCell([sc.SGUCell(8) for _ in range(3)],
+                            [sc.RegisterMemory(2, 4)])
+    inp = keras.Input((None, 1))
+    out = keras.layers.Dense(1)(
+        keras.layers.RNN(cell, return_sequences=True)(inp))
+    model = keras.Model(inp, out)
+    model.compile(keras.optimizers.Adam(0.01), "mse", jit_compile=jit_compile)
+    history = model.fit(x, y, epochs=8, batch_size=32, verbose=0)
+    losses = history.history["loss"]
+    assert losses[-1] < 0.5 * losses[0], losses
