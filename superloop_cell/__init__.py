@@ -10,6 +10,7 @@ from superloop_cell.cells.sgu import SGUCell
 from superloop_cell.context import StepMask, SuperloopInitialState, initial_state
 from superloop_cell.stages import SGUStack
 from superloop_cell.superloop import SuperloopCell
+from superloop_cell.traces import run_with_traces, traced_copy
 from superloop_cell.systems.attention import Attention
 from superloop_cell.systems.base import ExternalSystem
 from superloop_cell.systems.neural_stack import NeuralStack
@@ -28,4 +29,6 @@ __all__ = [
     "SuperloopInitialState",
     "NeuralStack",
     "initial_state",
+    "run_with_traces",
+    "traced_copy",
 ]

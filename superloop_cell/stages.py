@@ -17,7 +17,7 @@ from keras import ops
 
 from superloop_cell import _validation
 from superloop_cell._loops import scan_layers
-from superloop_cell.cells.sgu import SGUCell, sgu_update
+from superloop_cell.cells.sgu import SGUCell, sgu_forget_gate, sgu_update
 
 MIN_FUSED_RUN = 2
 # Layers computed per iteration of the loop over a fused run: the loop body
@@ -59,12 +59,24 @@ class CellStage:
             self.cell.build((None, input_dim))
             self.cell.built = True
 
+    @property
+    def sgu_cells(self):
+        return [self.cell] if _is_sgu(self.cell) else []
+
     def __call__(self, x, states, training=False):
         nested = keras.tree.pack_sequence_as(self.structure, list(states))
         y, new_states = self.cell(x, nested, training=training)
         if not keras.tree.is_nested(new_states):
             new_states = [new_states]
         return y, keras.tree.flatten(new_states)
+
+    def gates(self, x, states):
+        """The SGU gate `f` of this step, or `[]` for other cells."""
+        if not _is_sgu(self.cell):
+            return []
+        c = self.cell
+        z = ops.matmul(x, c.kernel) + c.bias
+        return [sgu_forget_gate(z, states[0], c.recurrent_kernel)]
 
 
 @keras.saving.register_keras_serializable(package="superloop_cell")
@@ -240,9 +252,25 @@ class SGURunStage:
             self.stack.build()
             self.stack.built = True
 
+    @property
+    def sgu_cells(self):
+        return self.cells
+
     def __call__(self, x, states, training=False):
         y, new_states = self.stack(x, states[0])
         return y, [new_states]
+
+    def gates(self, x, states):
+        """Every layer's SGU gate `f` of this step, computed layer by layer."""
+        stack = self.stack
+        u = stack.units
+        gates = []
+        for l in range(stack.depth):
+            h = states[0][:, l * u : (l + 1) * u]
+            z = ops.matmul(x, stack.kernel[l]) + stack.bias[l]
+            gates.append(sgu_forget_gate(z, h, stack.recurrent_kernel[l]))
+            x = sgu_update(z, h, stack.recurrent_kernel[l])
+        return gates
 
 
 def _is_sgu(cell):

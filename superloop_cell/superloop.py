@@ -21,10 +21,13 @@ tensors, laid out as
 `split_states` turns such a list back into named parts.
 """
 
+import re
+
 import keras
 from keras import ops
 
 from superloop_cell import _validation
+from superloop_cell.cells.sgu import SGUCell
 from superloop_cell.stages import SGURunStage, plan_stages, stages_output_size
 from superloop_cell.systems.base import ExternalSystem
 
@@ -93,6 +96,33 @@ def _check_system(index, system):
         _validation.positive_int(f"{where}.state_size[{i}]", size)
 
 
+def _snake(name):
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _component_names(cells, systems):
+    """Stable names per component: `sgu_0`…, `register_memory`, `control`.
+
+    SGU layers are numbered among the SGU cells; other cells and the systems
+    take their class name in snake case, suffixed `_1`, `_2`… when repeated.
+    These are the trace keys and the name scopes in profiles.
+    """
+    seen = {}
+
+    def name_of(obj, numbered):
+        base = "sgu" if type(obj) is SGUCell else _snake(type(obj).__name__)
+        count = seen.get(base, 0)
+        seen[base] = count + 1
+        if numbered or base == "sgu":
+            return f"{base}_{count}"
+        return base if count == 0 else f"{base}_{count}"
+
+    return {
+        "cells": [name_of(c, numbered=False) for c in cells],
+        "systems": [name_of(s, numbered=False) for s in systems],
+    }
+
+
 @keras.saving.register_keras_serializable(package="superloop_cell")
 class SuperloopCell(keras.layers.Layer):
     """A recurrent stack and its external systems as one Keras 3 RNN cell.
@@ -117,6 +147,11 @@ class SuperloopCell(keras.layers.Layer):
             with depth. The fused `SGUCell` objects stay unbuilt: their
             weights are `fused_stacks[i].kernel` etc., with a leading layer
             axis, and the run's states are one state of `depth·units`.
+        trace: Whether the cell's output also carries, per step, what every
+            component did (see `trace_layout`, `split_output` and
+            `superloop_cell.run_with_traces`): each SGU layer's gate `f`
+            and each system's `trace`. Default False; the default path
+            computes none of it.
         **kwargs: Base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -126,7 +161,8 @@ class SuperloopCell(keras.layers.Layer):
         training: Passed to the cells and systems.
 
     Output shape:
-        `(y, new_states)`, `y` of shape `(batch, cells[-1].output_size)`.
+        `(y, new_states)`, `y` of shape `(batch, cells[-1].output_size)`
+        (with `trace=True`, the traces follow `y` in the same tensor).
 
     Example:
 
@@ -146,6 +182,7 @@ class SuperloopCell(keras.layers.Layer):
         control_kernel_initializer="glorot_uniform",
         control_bias_initializer="zeros",
         fused=True,
+        trace=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -173,6 +210,7 @@ class SuperloopCell(keras.layers.Layer):
         self.cells = list(cells)
         self.systems = list(systems)
         self.fused = _validation.boolean("fused", fused)
+        self.trace = _validation.boolean("trace", trace)
         self.control_kernel_initializer = keras.initializers.get(
             control_kernel_initializer
         )
@@ -181,7 +219,10 @@ class SuperloopCell(keras.layers.Layer):
         )
         self.feedback_size = sum(s.output_size for s in self.systems)
         self.control_size = sum(s.control_size for s in self.systems)
-        self.output_size = stages_output_size(self.cells[-1])
+        self.y_size = stages_output_size(self.cells[-1])
+        self.component_names = _component_names(self.cells, self.systems)
+        self.trace_layout = self._trace_layout() if self.trace else []
+        self.output_size = self.y_size + sum(w for _, w in self.trace_layout)
         # Keras' RNN reads `state_size` when it is constructed, so the stage
         # plan (and with it the state layout) depends on the cells alone.
         self._stages = plan_stages(self.cells, self.fused)
@@ -221,7 +262,7 @@ class SuperloopCell(keras.layers.Layer):
                 for s in self.systems
             ]
             self.control_kernel = self.add_weight(
-                shape=(self.output_size, self.control_size),
+                shape=(self.y_size, self.control_size),
                 initializer=_SlicedInitializer(blocks),
                 name="control_kernel",
             )
@@ -240,6 +281,36 @@ class SuperloopCell(keras.layers.Layer):
             )
             for system in self.systems:
                 system.build((None, system.control_size))
+
+    def _trace_layout(self):
+        layout = []
+        for i, cell in enumerate(self.cells):
+            if type(cell) is SGUCell:
+                layout.append((f"{self.component_names['cells'][i]}/gate",
+                               cell.units))
+        for name, system in zip(self.component_names["systems"], self.systems):
+            for key, width in system.trace_sizes.items():
+                layout.append((f"{name}/{key}", int(width)))
+        return layout
+
+    def split_output(self, outputs):
+        """Splits the output of a `trace=True` cell into `y` and its traces.
+
+        Args:
+            outputs: `(..., output_size)`: a NumPy array or tensor, e.g. the
+                `(batch, time, output_size)` of `return_sequences=True`.
+
+        Returns:
+            `(y, traces)`: `y` is `(..., y_size)`; `traces` maps names such
+            as `"sgu_3/gate"`, `"attention/weights"` to `(..., width)`.
+        """
+        y = outputs[..., : self.y_size]
+        traces = {}
+        start = self.y_size
+        for name, width in self.trace_layout:
+            traces[name] = outputs[..., start : start + width]
+            start += width
+        return y, traces
 
     def _layout_state_size(self):
         sizes = [self.feedback_size] if self.systems else []
@@ -335,26 +406,37 @@ class SuperloopCell(keras.layers.Layer):
             x = ops.concatenate([inputs, parts["feedback"]], axis=-1)
         else:
             x = inputs
-        new_states = []
+        new_states, traces = [], []
         for stage, stage_states in zip(self._stages, parts["stages"]):
+            if self.trace:
+                traces.extend(stage.gates(x, stage_states))
             x, stage_new = stage(x, stage_states, training=training)
             new_states.extend(stage_new)
         y = x
         if not self.systems:
-            return y, new_states
+            return self._with_traces(y, traces), new_states
         controls = ops.matmul(y, self.control_kernel) + self.control_bias
         outputs, system_new = [], []
         start = 0
         for system, sys_states in zip(self.systems, parts["systems"]):
             control = controls[:, start : start + system.control_size]
             start += system.control_size
+            if self.trace:
+                step_trace = system.trace(control, sys_states)
+                traces.extend(step_trace[key] for key in system.trace_sizes)
             out, sys_new = system(control, sys_states, training=training)
             outputs.append(out)
             system_new.extend(sys_new)
         feedback = ops.concatenate(outputs, axis=-1) if len(outputs) > 1 else (
             outputs[0]
         )
-        return y, [feedback] + new_states + system_new
+        return self._with_traces(y, traces), [feedback] + new_states + system_new
+
+    def _with_traces(self, y, traces):
+        if not self.trace:
+            return y
+        return ops.concatenate([y] + [ops.cast(t, y.dtype) for t in traces],
+                               axis=-1)
 
     # ----------------------------------------------------------------- config
 
@@ -372,6 +454,7 @@ class SuperloopCell(keras.layers.Layer):
                 self.control_bias_initializer
             ),
             "fused": self.fused,
+            "trace": self.trace,
         }
 
     @classmethod

@@ -59,6 +59,7 @@ class Attention(ExternalSystem):
         self.output_size = self.width
         self.context_shape = (self.positions, self.width)
         self.state_size = [1, self.positions * self.width]
+        self.trace_sizes = {"position": 1, "weights": self.positions}
         self.control_kernel_initializer = keras.initializers.RandomUniform(
             0.0, 0.1
         )

@@ -32,8 +32,10 @@ class ExternalSystem(keras.layers.Layer):
     a list matching `state_size`, `output` is `(batch, output_size)`.
 
     `trace(control, states)` may return a dict of per-step tensors that show
-    what the system did (weights, positions); the superloop collects them
-    when traces are asked for.
+    what the system did (weights, positions), each `(batch, width)`, with
+    the widths declared in `trace_sizes` (a dict, name → width); the
+    superloop collects them when traces are asked for
+    (`SuperloopCell(..., trace=True)`, `superloop_cell.run_with_traces`).
 
     Example:
 
@@ -57,6 +59,7 @@ class ExternalSystem(keras.layers.Layer):
     """
 
     context_shape = None
+    trace_sizes = {}
     control_kernel_initializer = None
     control_bias_initializer = None
 

@@ -88,6 +88,12 @@ class NeuralStack(ExternalSystem):
         self.control_size = self.width + 2
         self.output_size = self.width
         self.state_size = [self.capacity, self.capacity * self.width]
+        self.trace_sizes = {
+            "push": 1,
+            "pop": 1,
+            "strengths": self.capacity,
+            "read_weights": self.capacity,
+        }
 
     def _step(self, control, states):
         push = ops.sigmoid(control[:, :1])

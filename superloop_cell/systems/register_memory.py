@@ -38,6 +38,7 @@ class RegisterMemory(ExternalSystem):
         self.control_size = 2 * self.depth + self.width
         self.output_size = self.width
         self.state_size = [self.depth * self.width]
+        self.trace_sizes = {"store": self.depth, "recall": self.depth}
 
     def _split(self, control):
         store = ops.softmax(control[:, : self.depth], axis=-1)

@@ -1,0 +1,81 @@
+"""Plots of one sample's traces: one panel per component, time on x.
+
+Needs matplotlib (`pip install superloop_cell[plots]`); imported lazily so
+that the package itself does not depend on it.
+"""
+
+import numpy as np
+
+
+def _group(traces):
+    groups = {}
+    for key, value in traces.items():
+        component, name = key.split("/", 1)
+        groups.setdefault(component, {})[name] = value
+    return groups
+
+
+def plot_traces(traces, path, sample=0, title=None):
+    """Writes a PNG of one sample's traces.
+
+    Panels: the SGU gates (mean `f` per layer, layers × time); per system,
+    a heatmap of its widest trace (attention weights over positions,
+    register store/recall, stack strengths) with its scalar traces
+    (attention position, push, pop) drawn over it as lines.
+
+    Args:
+        traces: Dict from `run_with_traces`: `(batch, time, width)` arrays.
+        path: Where to write the PNG.
+        sample: Which batch row to plot. Default 0.
+        title: Optional figure title.
+
+    Returns:
+        `path`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not traces:
+        raise ValueError("`traces` is empty: was the cell built with systems "
+                         "or SGU layers?")
+    groups = _group({k: np.asarray(v)[sample] for k, v in traces.items()})
+    gates = {k: v for k, v in groups.items() if "gate" in v}
+    systems = {k: v for k, v in groups.items() if "gate" not in v}
+    panels = []
+    if gates:
+        layer_means = np.stack([v["gate"].mean(axis=-1) for v in
+                                gates.values()])
+        panels.append(("SGU gate f (mean per layer)", layer_means,
+                       "layer", {}))
+    for name, parts in systems.items():
+        matrices = {k: v for k, v in parts.items() if v.shape[-1] > 1}
+        lines = {k: v[:, 0] for k, v in parts.items() if v.shape[-1] == 1}
+        for key, matrix in matrices.items():
+            panels.append((f"{name}: {key}", matrix.T, "slot", lines))
+            lines = {}
+        if lines:
+            panels.append((f"{name}", None, "", lines))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.2 * len(panels)),
+                             squeeze=False, sharex=True)
+    for ax, (label, matrix, ylabel, lines) in zip(axes[:, 0], panels):
+        if matrix is not None:
+            image = ax.imshow(matrix, aspect="auto", origin="lower",
+                              interpolation="nearest", cmap="viridis")
+            fig.colorbar(image, ax=ax, pad=0.01)
+        colors = ["white", "tab:red", "tab:orange"] if matrix is not None \
+            else [None] * len(lines)
+        for (line_name, values), color in zip(lines.items(), colors):
+            ax.plot(values, color=color, linewidth=1.5, label=line_name)
+        if lines:
+            ax.legend(loc="upper left", fontsize=7)
+        ax.set_title(label, fontsize=9)
+        ax.set_ylabel(ylabel)
+    axes[-1, 0].set_xlabel("step")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

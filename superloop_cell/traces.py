@@ -1,0 +1,73 @@
+"""Per-step traces: what every component of a superloop did at every step.
+
+Tracing is opt-in and leaves the trained cell alone: `traced_copy` makes a
+`trace=True` twin of a cell with the same weights, whose output carries the
+SGU gates and each system's `trace` after `y`; `run_with_traces` runs it
+over a batch and returns the traces by name as NumPy arrays.
+"""
+
+import keras
+import numpy as np
+
+from superloop_cell.context import initial_state
+from superloop_cell.superloop import SuperloopCell
+
+
+def traced_copy(cell, input_dim):
+    """A `trace=True` twin of `cell`, built, holding a copy of its weights.
+
+    Args:
+        cell: A built `SuperloopCell`.
+        input_dim: Int, the feature width the cell was built for.
+    """
+    if not isinstance(cell, SuperloopCell):
+        raise TypeError(
+            "Received an invalid value for argument `cell`: expected a "
+            f"SuperloopCell, got {cell!r} (type {type(cell).__name__})."
+        )
+    if not cell.built:
+        raise ValueError(
+            "`cell` must be built (called on data or part of a built model) "
+            "before its traces can be taken."
+        )
+    config = {**cell.get_config(), "trace": True}
+    config.pop("name", None)
+    twin = SuperloopCell.from_config(config)
+    twin.build((None, input_dim))
+    twin.set_weights(cell.get_weights())
+    return twin
+
+
+def run_with_traces(cell, sequences, contexts=(), mask=None, twin=None):
+    """Runs `cell` over `sequences` and returns its output and traces.
+
+    Args:
+        cell: A built `SuperloopCell` (e.g. `model.layers[i].cell`).
+        sequences: `(batch, time, features)` array.
+        contexts: The per-sample contexts of its systems, as for
+            `superloop_cell.initial_state`.
+        mask: Optional `(batch, time)` boolean mask.
+        twin: A `traced_copy` to reuse (its weights are refreshed from
+            `cell`); one is made when None.
+
+    Returns:
+        `(y, traces)`: `y` is `(batch, time, y_size)`, `traces` a dict of
+        `(batch, time, width)` NumPy arrays keyed like `"sgu_0/gate"`,
+        `"attention/weights"`, `"register_memory/store"`.
+    """
+    sequences = np.asarray(sequences, dtype=cell.compute_dtype)
+    if sequences.ndim != 3:
+        raise ValueError(
+            "Received an invalid value for argument `sequences`: expected "
+            f"shape (batch, time, features), got {sequences.shape}."
+        )
+    if twin is None:
+        twin = traced_copy(cell, sequences.shape[-1])
+    else:
+        twin.set_weights(cell.get_weights())
+    needs_context = any(s.context_shape is not None for s in twin.systems)
+    states = initial_state(twin, sequences, contexts) if needs_context else None
+    layer = keras.layers.RNN(twin, return_sequences=True)
+    outputs = layer(sequences, initial_state=states, mask=mask)
+    y, traces = twin.split_output(keras.ops.convert_to_numpy(outputs))
+    return y, traces

@@ -1,0 +1,117 @@
+"""Traces: opt-in, equal to the NumPy references, and plotted."""
+
+import keras
+import numpy as np
+import pytest
+
+import superloop_cell as sc
+from helpers import randomize, sgu_layers
+from reference import (attention_step, register_memory_step, sgu_step,
+                       softsign)
+
+ATOL = 1e-5
+
+
+def _cell(trace=False):
+    return sc.SuperloopCell(
+        [sc.SGUCell(5) for _ in range(3)],
+        [sc.RegisterMemory(2, 3), sc.Attention(6, 1), sc.NeuralStack(2, 4)],
+        trace=trace)
+
+
+def test_trace_off_by_default_and_output_is_y():
+    cell = _cell()
+    assert cell.trace is False and cell.trace_layout == []
+    assert cell.output_size == cell.y_size == 5
+
+
+def test_traced_copy_matches_numpy_references():
+    cell = sc.SuperloopCell([sc.SGUCell(5) for _ in range(3)],
+                            [sc.RegisterMemory(2, 3), sc.Attention(6, 1)])
+    seq = keras.Input((None, 2))
+    data = keras.Input((6, 1))
+    states = sc.initial_state(cell, seq, data)
+    model = keras.Model([seq, data], keras.layers.RNN(
+        cell, return_sequences=True)(seq, initial_state=states))
+    randomize(cell, scale=0.5, seed=3)
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2, 8, 2)).astype("f4")
+    d = rng.normal(size=(2, 6, 1)).astype("f4")
+    y, traces = sc.run_with_traces(cell, x, d)
+    np.testing.assert_allclose(y, model.predict([x, d], verbose=0),
+                               atol=ATOL)
+    # Replay with NumPy and check every gate and system trace, step by step.
+    layers = sgu_layers(cell)
+    kernel = keras.ops.convert_to_numpy(cell.control_kernel)
+    bias = keras.ops.convert_to_numpy(cell.control_bias)
+    hs = [np.zeros((2, 5)) for _ in layers]
+    memory = np.zeros((2, 2, 3))
+    position = np.zeros((2, 1))
+    feedback = np.zeros((2, 3 + 1))
+    for t in range(8):
+        u = np.concatenate([x[:, t], feedback], axis=-1)
+        for i, (k, r, b) in enumerate(layers):
+            z = u @ k + b
+            f = (softsign(z[:, :5] + hs[i] @ r) + 1) / 2
+            np.testing.assert_allclose(traces[f"sgu_{i}/gate"][:, t], f,
+                                       atol=ATOL)
+            hs[i] = sgu_step(u, hs[i], k, r, b)
+            u = hs[i]
+        controls = u @ kernel + bias
+        c_mem, c_att = controls[:, :7], controls[:, 7:8]
+        for key, logits in (("store", c_mem[:, :2]), ("recall", c_mem[:, 2:4])):
+            e = np.exp(logits - logits.max(-1, keepdims=True))
+            np.testing.assert_allclose(traces[f"register_memory/{key}"][:, t],
+                                       e / e.sum(-1, keepdims=True), atol=ATOL)
+        out_mem, memory = register_memory_step(c_mem, memory, 2, 3)
+        out_att, position = attention_step(c_att, position, d)
+        np.testing.assert_allclose(traces["attention/position"][:, t],
+                                   position, atol=ATOL)
+        np.testing.assert_allclose(traces["attention/weights"][:, t],
+                                   1 / (1 + np.abs(position - np.arange(6))),
+                                   atol=ATOL)
+        feedback = np.concatenate([out_mem, out_att], axis=-1)
+
+
+def test_trace_keys_and_widths():
+    cell = _cell(trace=True)
+    layout = dict(cell.trace_layout)
+    assert layout == {
+        "sgu_0/gate": 5, "sgu_1/gate": 5, "sgu_2/gate": 5,
+        "register_memory/store": 2, "register_memory/recall": 2,
+        "attention/position": 1, "attention/weights": 6,
+        "neural_stack/push": 1, "neural_stack/pop": 1,
+        "neural_stack/strengths": 4, "neural_stack/read_weights": 4,
+    }
+    assert cell.output_size == 5 + sum(layout.values())
+
+
+@pytest.mark.parametrize("system", [sc.RegisterMemory(2, 3),
+                                    sc.Attention(4, 2), sc.NeuralStack(2, 3)])
+def test_each_system_trace_matches_its_declared_sizes(system):
+    control = np.random.default_rng(0).normal(
+        size=(3, system.control_size)).astype("f4")
+    states = [np.random.default_rng(1).random((3, s)).astype("f4")
+              for s in system.state_size]
+    trace = system.trace(control, states)
+    assert list(trace) == list(system.trace_sizes)
+    for key, width in system.trace_sizes.items():
+        assert tuple(trace[key].shape) == (3, width), key
+
+
+def test_plot_traces_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    from superloop_cell.plotting import plot_traces
+
+    cell = _cell()
+    layer = keras.layers.RNN(cell)
+    x = np.random.default_rng(5).normal(size=(2, 12, 2)).astype("f4")
+    d = np.random.default_rng(6).normal(size=(2, 6, 1)).astype("f4")
+    layer(x, initial_state=sc.initial_state(cell, x, d))
+    _, traces = sc.run_with_traces(cell, x, d)
+    path = plot_traces(traces, tmp_path / "t.png", sample=1)
+    import matplotlib.image
+
+    image = matplotlib.image.imread(path)
+    assert image.shape[0] > 200 and image.shape[1] > 200
+    assert image[..., :3].std() > 0.05  # not blank
