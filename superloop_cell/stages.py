@@ -285,6 +285,7 @@ def plan_stages(cells, fused):
     a previous output of its own width.
     """
     stages = [CellStage(cells[0])]
+    stages[0].indices = [0]
     i = 1
     n_runs = 0
     while i < len(cells):
@@ -302,10 +303,12 @@ def plan_stages(cells, fused):
             stages.append(
                 SGURunStage(cells[i:j], name=f"sgu_stack_{n_runs}")
             )
+            stages[-1].indices = list(range(i, j))
             n_runs += 1
             i = j
         else:
             stages.append(CellStage(cells[i]))
+            stages[-1].indices = [i]
             i += 1
     return stages
 

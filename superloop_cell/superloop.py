@@ -97,7 +97,10 @@ def _check_system(index, system):
 
 
 def _snake(name):
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    # GRUCell → gru_cell, RegisterMemory → register_memory.
+    return re.sub(
+        r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name
+    ).lower()
 
 
 def _component_names(cells, systems):
@@ -226,6 +229,14 @@ class SuperloopCell(keras.layers.Layer):
         # Keras' RNN reads `state_size` when it is constructed, so the stage
         # plan (and with it the state layout) depends on the cells alone.
         self._stages = plan_stages(self.cells, self.fused)
+        # Name scopes of the step, stable across models: `sgu_0`, a fused
+        # run `sgu_1_to_31`, `gru_cell`, `register_memory`, `control`, ...
+        names = self.component_names["cells"]
+        self._stage_scopes = [
+            names[s.indices[0]] if len(s.indices) == 1
+            else f"{names[s.indices[0]]}_to_{names[s.indices[-1]].split('_')[-1]}"
+            for s in self._stages
+        ]
         self.fused_stacks = [
             s.stack for s in self._stages if isinstance(s, SGURunStage)
         ]
@@ -407,30 +418,38 @@ class SuperloopCell(keras.layers.Layer):
         else:
             x = inputs
         new_states, traces = [], []
-        for stage, stage_states in zip(self._stages, parts["stages"]):
-            if self.trace:
-                traces.extend(stage.gates(x, stage_states))
-            x, stage_new = stage(x, stage_states, training=training)
+        for stage, scope, stage_states in zip(
+            self._stages, self._stage_scopes, parts["stages"]
+        ):
+            with keras.name_scope(scope):
+                if self.trace:
+                    traces.extend(stage.gates(x, stage_states))
+                x, stage_new = stage(x, stage_states, training=training)
             new_states.extend(stage_new)
         y = x
         if not self.systems:
             return self._with_traces(y, traces), new_states
-        controls = ops.matmul(y, self.control_kernel) + self.control_bias
+        with keras.name_scope("control"):
+            controls = ops.matmul(y, self.control_kernel) + self.control_bias
         outputs, system_new = [], []
         start = 0
-        for system, sys_states in zip(self.systems, parts["systems"]):
+        for system, scope, sys_states in zip(
+            self.systems, self.component_names["systems"], parts["systems"]
+        ):
             control = controls[:, start : start + system.control_size]
             start += system.control_size
-            if self.trace:
-                step_trace = system.trace(control, sys_states)
-                traces.extend(step_trace[key] for key in system.trace_sizes)
-            out, sys_new = system(control, sys_states, training=training)
+            with keras.name_scope(scope):
+                if self.trace:
+                    step_trace = system.trace(control, sys_states)
+                    traces.extend(step_trace[k] for k in system.trace_sizes)
+                out, sys_new = system(control, sys_states, training=training)
             outputs.append(out)
             system_new.extend(sys_new)
-        feedback = ops.concatenate(outputs, axis=-1) if len(outputs) > 1 else (
-            outputs[0]
+        feedback = (
+            ops.concatenate(outputs, axis=-1) if len(outputs) > 1 else outputs[0]
         )
-        return self._with_traces(y, traces), [feedback] + new_states + system_new
+        new_states = [feedback] + new_states + system_new
+        return self._with_traces(y, traces), new_states
 
     def _with_traces(self, y, traces):
         if not self.trace:
