@@ -5,25 +5,23 @@ one Keras RNN cell (`CellStage`, any cell at all), or — the fast path — a ru
 of consecutive same-width `SGUCell`s computed as one stacked layer
 (`SGURunStage`, weights in one `SGUStack`).
 
-Why a run is fused: written cell by cell, a 32-layer stack puts 32 copies of
-the step into the loop body, so tracing, graph optimisation and the gradient
-graph all grow with depth. The stacked layer scans over a leading layer axis
-of its weights instead, so the loop body holds one copy of the SGU step
-whatever the depth.
+Why a run is fused: written cell by cell, a 32-layer stack puts 96 weight
+variables and, once differentiated, about a dozen saved intermediates per
+layer per step into the RNN's loop; building that gradient graph dominates
+the first training step and saving/restoring the intermediates dominates
+the steady one. The fused run reads three stacked weights once per step and
+differentiates the whole run with the hand-written backward pass of
+`cells/sgu_run.py`, which saves only the run's input and states.
 """
 
 import keras
 from keras import ops
 
 from superloop_cell import _validation
-from superloop_cell._loops import scan_layers
+from superloop_cell.cells.sgu_run import sgu_run
 from superloop_cell.cells.sgu import SGUCell, sgu_forget_gate, sgu_update
 
 MIN_FUSED_RUN = 2
-# Layers computed per iteration of the loop over a fused run: the loop body
-# holds this many copies of the SGU step (a trade between the per-iteration
-# cost of the loop and the size of the graph; see benchmarks/RESULTS.md).
-LAYERS_PER_ITERATION = 8
 
 
 class _StackedInitializer(keras.initializers.Initializer):
@@ -157,60 +155,16 @@ class SGUStack(keras.layers.Layer):
             `(y, new_states)`: the last layer's output `(batch, units)` and
             the new `(batch, depth·units)` states.
         """
-        d, u = self.depth, self.units
-        n_groups = -(-d // LAYERS_PER_ITERATION)
-        group = d // n_groups
-        weights = (self.kernel, self.recurrent_kernel, self.bias)
-
-        def run_layers(x, h, kernel, recurrent_kernel, bias):
-            # h: (batch, n·units); weights with a leading axis of n layers.
-            # Unstack/split once rather than index per layer: the gradient
-            # of an index is a zero-padded copy of the whole stack.
-            n = kernel.shape[0]
-            hs = ops.split(h, n, axis=-1) if n > 1 else [h]
-            outs = []
-            for k, r, b, h_l in zip(
-                ops.unstack(kernel, n),
-                ops.unstack(recurrent_kernel, n),
-                ops.unstack(bias, n),
-                hs,
-            ):
-                x = sgu_update(ops.matmul(x, k) + b, h_l, r)
-                outs.append(x)
-            return x, outs
-
-        def grouped(x, per_group):
-            h, kernel, recurrent_kernel, bias = per_group
-            x, outs = run_layers(x, h, kernel, recurrent_kernel, bias)
-            return x, ops.concatenate(outs, axis=-1)
-
-        pieces = []
-        n_loop = n_groups * group
-        if n_groups > 1:
-            hg = ops.transpose(
-                ops.reshape(states[:, : n_loop * u], (-1, n_groups, group * u)),
-                (1, 0, 2),
-            )
-            wg = tuple(
-                ops.reshape(w[:n_loop], (n_groups, group) + tuple(w.shape[1:]))
-                for w in weights
-            )
-            x, ys = scan_layers(grouped, x, (hg,) + wg, n_groups, group * u)
-            # ys: (n_groups, batch, group·units) -> (batch, n_loop·units)
-            pieces.append(
-                ops.reshape(ops.transpose(ys, (1, 0, 2)), (-1, n_loop * u))
-            )
-        else:
-            n_loop = 0
-        if n_loop < d:
-            x, outs = run_layers(
-                x, states[:, n_loop * u :], *(w[n_loop:] for w in weights)
-            )
-            pieces.extend(outs)
-        new_states = (
-            ops.concatenate(pieces, axis=-1) if len(pieces) > 1 else pieces[0]
+        # Values, not variables: the custom gradient returns their gradients
+        # as ordinary inputs.
+        new_states = sgu_run(
+            x,
+            states,
+            ops.copy(self.kernel),
+            ops.copy(self.recurrent_kernel),
+            ops.copy(self.bias),
         )
-        return x, new_states
+        return new_states[:, -self.units :], new_states
 
     def get_config(self):
         return {

@@ -7,7 +7,6 @@ import pytest
 import tensorflow as tf
 
 import superloop_cell as sc
-from superloop_cell import stages
 from helpers import (copy_weights_unfused_to_fused, randomize, rnn_model,
                      sgu_layers)
 from reference import superloop_run
@@ -47,24 +46,38 @@ def test_matches_numpy_with_register_memory_and_attention(fused, depth):
     np.testing.assert_allclose(out, ref, atol=ATOL)
 
 
-@pytest.mark.parametrize("layers_per_iteration", [2, 3, 8])
-def test_fused_equals_unfused_for_every_grouping(monkeypatch,
-                                                 layers_per_iteration):
-    # A run of 10 SGU layers: grouped loop with and without a tail.
-    monkeypatch.setattr(stages, "LAYERS_PER_ITERATION", layers_per_iteration)
+@pytest.mark.parametrize("depth", [3, 11])
+def test_fused_equals_unfused_outputs_states_and_gradients(depth):
+    # The fused run has a hand-written gradient: compare it with autodiff of
+    # the unfused cells, through the whole loop, for the weights, the input
+    # and the initial state.
     make = lambda fused: sc.SuperloopCell(  # noqa: E731
-        [sc.SGUCell(5) for _ in range(11)], [sc.RegisterMemory(2, 3)],
+        [sc.SGUCell(5) for _ in range(depth)], [sc.RegisterMemory(2, 3)],
         fused=fused)
     unfused, fused = make(False), make(True)
-    assert len(fused.fused_stacks) == 1 and fused.fused_stacks[0].depth == 10
+    assert len(fused.fused_stacks) == 1
+    assert fused.fused_stacks[0].depth == depth - 1
     assert not unfused.fused_stacks
     m_unfused = rnn_model(unfused, 2, return_sequences=True,
                           return_state=True)
     m_fused = rnn_model(fused, 2, return_sequences=True, return_state=True)
     randomize(unfused, seed=3)
     copy_weights_unfused_to_fused(unfused, fused)
-    x = np.random.default_rng(0).normal(size=(3, 7, 2)).astype("f4")
-    a, b = m_unfused(x), m_fused(x)
+    x = tf.constant(np.random.default_rng(0).normal(size=(3, 7, 2)), "float32")
+
+    def run(model, cell):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = model(x)
+            # Through the outputs and every final state (a sum over all
+            # state values does not depend on the state layout).
+            loss = tf.reduce_sum(tf.sin(out[0])) + tf.add_n(
+                [tf.reduce_sum(tf.cos(s)) for s in out[1:]])
+        weights = cell.trainable_weights
+        return out, tape.gradient(loss, [x] + weights)
+
+    a, grads_a = run(m_unfused, unfused)
+    b, grads_b = run(m_fused, fused)
     np.testing.assert_allclose(a[0], b[0], atol=ATOL)
     # States: the fused run's one state is the unfused per-layer states.
     run_states = keras.ops.convert_to_numpy(
@@ -73,6 +86,23 @@ def test_fused_equals_unfused_for_every_grouping(monkeypatch,
                  unfused.split_states(a[1:])["stages"][1:]]
     np.testing.assert_allclose(run_states, np.concatenate(per_layer, -1),
                                atol=ATOL)
+    # Gradients: input; then cells[0], the run (stacked), control weights.
+    np.testing.assert_allclose(grads_a[0], grads_b[0], atol=ATOL)
+    by_name_a = dict(zip([w.path for w in unfused.trainable_weights],
+                         grads_a[1:]))
+    by_name_b = dict(zip([w.path for w in fused.trainable_weights],
+                         grads_b[1:]))
+    layers_a = [c for c in unfused.cells[1:]]
+    for kind in ("kernel", "recurrent_kernel", "bias"):
+        stacked_a = np.stack([by_name_a[getattr(c, kind).path]
+                              for c in layers_a])
+        stacked_b = by_name_b[getattr(fused.fused_stacks[0], kind).path]
+        np.testing.assert_allclose(stacked_a, stacked_b, atol=ATOL,
+                                   err_msg=kind)
+    for kind in ("control_kernel", "control_bias"):
+        np.testing.assert_allclose(by_name_a[getattr(unfused, kind).path],
+                                   by_name_b[getattr(fused, kind).path],
+                                   atol=ATOL)
 
 
 def test_mixed_cells_fall_back_and_match_step_by_step():

@@ -1,0 +1,190 @@
+"""Find the last 2 before the 9: an attention head walking over the data.
+
+The older superloop project's toy task. Each sample is 16 values in 0–4
+with one 9 at a position ≥ 1, and at least one 2 before it; the answer is
+the index of the last 2 before the 9.
+
+The model never sees the data as input. Its sequence input has width 0 —
+it only sets the number of steps (64) — and the data is the per-sample
+context of an `Attention` head: the superloop reads one blurred value per
+step at the head's position and moves the head. The answer is where the
+head stands after the last step: the position state, read with
+`return_state=True`, is the model's output, trained against the index.
+
+A GRU that reads the 16 values as a 16-step sequence and regresses the
+index with a Dense layer is the baseline.
+
+    python examples/find_last_two.py                 # defaults, a few minutes
+    python examples/find_last_two.py --epochs 40 --train-samples 40000
+"""
+
+import argparse
+import sys
+
+import keras
+import numpy as np
+
+from _common import (Stopwatch, finish, make_parser, prepare,
+                     rounded_accuracy, to_float, write_traces)
+import superloop_cell as sc
+
+TASK = "find_last_two"
+POSITIONS = 16
+MAX_VALUE = 4  # ordinary values are 0 … MAX_VALUE
+TARGET_VALUE = 2
+PEAK_VALUE = 9
+
+
+def make_data(n, rng, positions=POSITIONS):
+    """`n` samples: values `(n, positions)` (ints) and targets `(n,)`.
+
+    The 9 (the peak) is at a uniform position in `[1, positions − 1]`, the
+    answer at a uniform position before it; the values between them are
+    drawn from {0, 1, 3, 4} so that the answer is the *last* 2 before the
+    9; the others from 0–4.
+    """
+    index = np.arange(positions)[None, :]
+    peak = rng.integers(1, positions, size=(n, 1))
+    target = (rng.random((n, 1)) * peak).astype(np.int64)
+    values = rng.integers(0, MAX_VALUE + 1, size=(n, positions))
+    no_two = rng.integers(0, MAX_VALUE, size=(n, positions))
+    no_two = no_two + (no_two >= TARGET_VALUE)
+    between = (index > target) & (index < peak)
+    values = np.where(between, no_two, values)
+    values = np.where(index == target, TARGET_VALUE, values)
+    values = np.where(index == peak, PEAK_VALUE, values)
+    return values, target[:, 0]
+
+
+def answer(values):
+    """The reference answer: index of the last 2 before the first 9."""
+    values = list(values)
+    peak = values.index(PEAK_VALUE)
+    return max(i for i in range(peak) if values[i] == TARGET_VALUE)
+
+
+def build_superloop(args):
+    cell = sc.SuperloopCell(
+        [sc.SGUCell(args.units) for _ in range(args.depth)],
+        [sc.Attention(POSITIONS, 1, falloff=args.falloff,
+                      normalize=args.normalize,
+                      clip_position=args.clip_position)],
+    )
+    steps = keras.Input((args.steps, 0), name="steps")
+    data = keras.Input((POSITIONS, 1), name="data")
+    states = sc.initial_state(cell, steps, data)
+    _, *final = keras.layers.RNN(cell, return_state=True)(
+        steps, initial_state=states)
+    position = cell.system_states(final, 0)[0]
+    return keras.Model([steps, data], position, name="superloop"), cell
+
+
+def build_gru(units):
+    data = keras.Input((POSITIONS, 1), name="data")
+    hidden = keras.layers.GRU(units)(data)
+    index = keras.layers.Dense(1)(hidden)
+    return keras.Model(data, index, name="gru_baseline")
+
+
+def compile_model(model, args):
+    loss = (keras.losses.Huber(delta=1.0) if args.loss == "huber"
+            else "mse")
+    model.compile(keras.optimizers.Adam(args.learning_rate, clipnorm=1.0),
+                  loss, metrics=[rounded_accuracy],
+                  jit_compile=args.jit_compile)
+
+
+def accuracy(model, inputs, target):
+    predicted = model.predict(inputs, batch_size=500, verbose=0)[:, 0]
+    return to_float(np.mean(np.round(predicted) == target))
+
+
+def parse_args(argv):
+    parser = make_parser(TASK, __doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=64,
+                        help="superloop steps per sample")
+    parser.add_argument("--units", type=int, default=32,
+                        help="units per SGU layer")
+    parser.add_argument("--depth", type=int, default=3,
+                        help="SGU layers")
+    parser.add_argument("--falloff", choices=("linear", "squared"),
+                        default="squared", help="attention falloff")
+    parser.add_argument("--normalize", action=argparse.BooleanOptionalAction,
+                        default=True, help="normalise attention weights")
+    parser.add_argument("--clip-position", action=argparse.BooleanOptionalAction,
+                        default=True, help="keep the head in [0, 15]")
+    parser.add_argument("--scale", type=float, default=0.25,
+                        help="data values are multiplied by this")
+    parser.add_argument("--train-samples", type=int, default=16384)
+    parser.add_argument("--test-samples", type=int, default=1000)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--loss", choices=("mse", "huber"), default="huber")
+    parser.add_argument("--jit-compile", action=argparse.BooleanOptionalAction,
+                        default=False, help="XLA-compile the train step")
+    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                        help="also train the GRU baseline")
+    parser.add_argument("--baseline-units", type=int, default=64)
+    parser.add_argument("--baseline-epochs", type=int, default=10)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = prepare(args)
+    rng = np.random.default_rng(args.seed)
+    values, target = make_data(args.train_samples, rng)
+    test_values, test_target = make_data(args.test_samples, rng)
+    data = (values[..., None] * args.scale).astype("float32")
+    test_data = (test_values[..., None] * args.scale).astype("float32")
+    no_input = np.zeros((len(data), args.steps, 0), "float32")
+    test_no_input = np.zeros((len(test_data), args.steps, 0), "float32")
+
+    clock = Stopwatch()
+    model, cell = build_superloop(args)
+    compile_model(model, args)
+    print(f"superloop: {args.depth}×SGUCell({args.units}), Attention("
+          f"{POSITIONS}, 1, falloff={args.falloff!r}, normalize="
+          f"{args.normalize}, clip_position={args.clip_position}), "
+          f"{args.steps} steps, {model.count_params()} parameters")
+    model.fit([no_input, data], target.astype("float32"),
+              batch_size=args.batch_size, epochs=args.epochs,
+              validation_data=([test_no_input, test_data],
+                               test_target.astype("float32")),
+              verbose=args.verbose)
+    train_seconds = clock.seconds()
+    summary = {
+        "task": TASK,
+        "test_accuracy": accuracy(model, [test_no_input, test_data],
+                                  test_target),
+        "parameters": model.count_params(),
+        "train_seconds": train_seconds,
+    }
+    model.save(out / "model.keras")
+    write_traces(cell, test_no_input[:1], test_data[:1],
+                 out / "traces.png",
+                 f"find last 2: data {test_values[0].tolist()}, "
+                 f"answer {test_target[0]}")
+
+    if args.baseline:
+        clock_gru = Stopwatch()
+        gru = build_gru(args.baseline_units)
+        compile_model(gru, args)
+        print(f"baseline: GRU({args.baseline_units}) + Dense(1), "
+              f"{gru.count_params()} parameters")
+        gru.fit(data, target.astype("float32"), batch_size=args.batch_size,
+                epochs=args.baseline_epochs,
+                validation_data=(test_data, test_target.astype("float32")),
+                verbose=args.verbose)
+        summary["baseline_test_accuracy"] = accuracy(gru, test_data,
+                                                     test_target)
+        summary["baseline_parameters"] = gru.count_params()
+        summary["baseline_train_seconds"] = clock_gru.seconds()
+    summary["wall_seconds"] = clock.seconds()
+    summary["config"] = vars(args)
+    return finish(out, summary)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

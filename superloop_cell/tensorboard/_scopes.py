@@ -1,0 +1,96 @@
+"""The name scopes of a superloop's step, and where to find them.
+
+`SuperloopCell.call` opens one name scope per component: `sgu_0`, a fused
+run `sgu_1_to_31`, `gru_cell`, `control`, `register_memory`, `attention`,
+`neural_stack`... inside the cell's own scope. TensorFlow makes scopes
+unique by appending `_1`, `_2`... (`superloop_cell_1/sgu_0/...`), so names
+are matched with patterns that allow such a suffix on every segment.
+"""
+
+import re
+
+import keras
+
+from superloop_cell.superloop import SuperloopCell
+
+_SUFFIX = r"(?:_\d+)?"
+
+
+def component_scopes(cell):
+    """The name scopes of `cell`'s step, in the order the step runs them.
+
+    Args:
+        cell: A `SuperloopCell`.
+
+    Returns:
+        A list of str: one per stage (`sgu_0`, a fused run `sgu_1_to_31`,
+        `gru_cell`...), then `control` and one per system when there are
+        systems (`register_memory`, `attention`, `neural_stack`...).
+    """
+    _check_cell(cell)
+    scopes = list(cell._stage_scopes)
+    if cell.systems:
+        scopes.append("control")
+        scopes.extend(cell.component_names["systems"])
+    return scopes
+
+
+def scope_patterns(cell):
+    """One compiled regex per component scope, keyed by the scope.
+
+    A pattern matches an op name such as
+    `functional_1/rnn_1/while/superloop_cell_1/sgu_0/sgu_cell_1/MatMul`:
+    the component's scope must directly follow the cell's own scope, both
+    with an optional `_N` suffix.
+    """
+    cell_scope = re.escape(cell.name) + _SUFFIX
+    return {
+        scope: re.compile(
+            rf"(?:^|/){cell_scope}/{re.escape(scope)}{_SUFFIX}/"
+        )
+        for scope in component_scopes(cell)
+    }
+
+
+def scope_of(op_name, patterns):
+    """The component scope an op name lies in, or None."""
+    for scope, pattern in patterns.items():
+        if pattern.search(op_name):
+            return scope
+    return None
+
+
+def find_superloop_cell(model):
+    """The one `SuperloopCell` run by a `keras.layers.RNN` inside `model`.
+
+    Searches `model.layers` and the layers of nested models.
+
+    Raises:
+        ValueError: when there is none, or more than one (then pass the
+            cell explicitly).
+    """
+    found = []
+    pending = [model]
+    while pending:
+        layer = pending.pop()
+        if isinstance(layer, keras.layers.RNN) and isinstance(
+            layer.cell, SuperloopCell
+        ):
+            found.append(layer.cell)
+        pending.extend(getattr(layer, "layers", []) or [])
+    if len(found) != 1:
+        raise ValueError(
+            f"Expected exactly one `keras.layers.RNN` running a SuperloopCell "
+            f"in model `{model.name}`, found {len(found)}"
+            + (f" ({', '.join(c.name for c in found)})" if found else "")
+            + ". Pass the cell explicitly with `cell=`."
+        )
+    return found[0]
+
+
+def _check_cell(cell):
+    if not isinstance(cell, SuperloopCell):
+        raise TypeError(
+            "Received an invalid value for argument `cell`: expected a "
+            f"SuperloopCell, got {cell!r} (type {type(cell).__name__})."
+        )
