@@ -2,14 +2,16 @@
 
 Differentiating a deep stack inside `keras.layers.RNN`'s loop the automatic
 way makes the backend keep every intermediate of every layer for every step
-(about a dozen tensors per layer) and builds a gradient graph op by op from
-them; for a 32-layer stack that dominates both the first step (graph
-construction) and the steady step (saving and restoring the intermediates).
+(about a dozen tensors per layer, each in its own accumulator) and build the
+gradient graph op by op from them; for a 32-layer stack that dominates both
+the first step (graph construction) and the steady step (saving and
+restoring the intermediates).
 
-`sgu_run` keeps only the run's input and states. Its backward pass
-recomputes the forward pass of the run (cheap: small matrices) and walks
-back through the layers with the SGU derivatives written out below, so the
-loop saves two tensors per step whatever the depth.
+`sgu_run` keeps only the run's input and its new states. Its backward pass
+walks back through the layers, recomputing each layer's internals from its
+input and state, with the SGU derivatives written out below. Runs deeper
+than `UNROLL_UP_TO` layers loop over the layer axis (`_loops.scan`) in both
+directions, so the graph does not grow with depth either.
 
 Forward, for layer l with input x_l (x_0 = the run's input) and state h_l:
 
@@ -29,51 +31,12 @@ state, plus from layer l+1 through x_{l+1}):
 
 from keras import ops
 
+from superloop_cell import _loops
 from superloop_cell.cells.sgu import CANDIDATE_NEGATIVE_SLOPE
 
-
-def _forward(x, hs, kernels, recurrent_kernels, biases, keep):
-    """Runs the layers; with `keep`, also returns what the backward needs."""
-    saved = []
-    outs = []
-    for h, k, r, b in zip(hs, kernels, recurrent_kernels, biases):
-        units = h.shape[-1]
-        z = ops.matmul(x, k) + b
-        a = z[:, :units] + ops.matmul(h, r)
-        zc = z[:, units:]
-        s = 0.5 * (1.0 - ops.softsign(a))
-        c = ops.leaky_relu(zc, negative_slope=CANDIDATE_NEGATIVE_SLOPE)
-        h_new = h + s * (c - h)
-        if keep:
-            saved.append((x, h, a, zc, s, c))
-        outs.append(h_new)
-        x = h_new
-    return outs, saved
-
-
-def _backward(upstream, saved, kernels, recurrent_kernels):
-    depth = len(saved)
-    grads_h = [None] * depth
-    grads_k = [None] * depth
-    grads_r = [None] * depth
-    grads_b = [None] * depth
-    d_next = None  # gradient reaching x_{l+1} from the layer above
-    for l in reversed(range(depth)):
-        x, h, a, zc, s, c = saved[l]
-        delta = upstream[l] if d_next is None else upstream[l] + d_next
-        d_c = delta * s
-        d_s = delta * (c - h)
-        d_a = -0.5 * d_s / ops.square(1.0 + ops.abs(a))
-        d_zc = d_c * ops.where(zc > 0, 1.0, CANDIDATE_NEGATIVE_SLOPE)
-        d_z = ops.concatenate([d_a, d_zc], axis=-1)
-        grads_h[l] = delta * (1.0 - s) + ops.matmul(
-            d_a, ops.transpose(recurrent_kernels[l])
-        )
-        grads_r[l] = ops.matmul(ops.transpose(h), d_a)
-        grads_k[l] = ops.matmul(ops.transpose(x), d_z)
-        grads_b[l] = ops.sum(d_z, axis=0)
-        d_next = ops.matmul(d_z, ops.transpose(kernels[l]))
-    return d_next, grads_h, grads_k, grads_r, grads_b
+# Runs up to this deep are written out layer by layer (no loop overhead);
+# deeper runs loop over the layer axis, keeping the graph size constant.
+UNROLL_UP_TO = 4
 
 
 def sgu_run(x, states, kernel, recurrent_kernel, bias):
@@ -90,33 +53,105 @@ def sgu_run(x, states, kernel, recurrent_kernel, bias):
         `(batch, depth·units)`: every layer's new `h`; the run's output is
         the last `units` columns.
     """
-    return _sgu_run(x, states, kernel, recurrent_kernel, bias)
+    if kernel.shape[0] > UNROLL_UP_TO:
+        return _sgu_run_looped(x, states, kernel, recurrent_kernel, bias)
+    return _sgu_run_unrolled(x, states, kernel, recurrent_kernel, bias)
+
+
+def _layer(x, h, k, r, b):
+    """One SGU layer: `(h', (a, z_c, s, c))`, the internals for backward."""
+    units = h.shape[-1]
+    z = ops.matmul(x, k) + b
+    a = z[:, :units] + ops.matmul(h, r)
+    zc = z[:, units:]
+    s = 0.5 * (1.0 - ops.softsign(a))
+    c = ops.leaky_relu(zc, negative_slope=CANDIDATE_NEGATIVE_SLOPE)
+    return h + s * (c - h), (a, zc, s, c)
+
+
+def _layer_grad(delta, x, h, k, r, b):
+    """Gradients of one layer given δ at its output: (∂x, ∂h, ∂K, ∂R, ∂b)."""
+    _, (a, zc, s, c) = _layer(x, h, k, r, b)
+    d_c = delta * s
+    d_s = delta * (c - h)
+    d_a = -0.5 * d_s / ops.square(1.0 + ops.abs(a))
+    d_zc = d_c * ops.where(zc > 0, 1.0, CANDIDATE_NEGATIVE_SLOPE)
+    d_z = ops.concatenate([d_a, d_zc], axis=-1)
+    d_h = delta * (1.0 - s) + ops.matmul(d_a, ops.transpose(r))
+    d_r = ops.matmul(ops.transpose(h), d_a)
+    d_k = ops.matmul(ops.transpose(x), d_z)
+    d_b = ops.sum(d_z, axis=0)
+    d_x = ops.matmul(d_z, ops.transpose(k))
+    return d_x, d_h, d_k, d_r, d_b
 
 
 @ops.custom_gradient
-def _sgu_run(x, states, kernel, recurrent_kernel, bias):
+def _sgu_run_looped(x, states, kernel, recurrent_kernel, bias):
+    depth = kernel.shape[0]
+    units = kernel.shape[1]
+    hs = ops.transpose(ops.reshape(states, (-1, depth, units)), (1, 0, 2))
+
+    def forward(carry, per_layer):
+        h, k, r, b = per_layer
+        h_new, _ = _layer(carry, h, k, r, b)
+        return h_new, (h_new,)
+
+    _, (outs,) = _loops.scan(
+        forward, x, (hs, kernel, recurrent_kernel, bias), depth
+    )
+    new_states = ops.reshape(ops.transpose(outs, (1, 0, 2)), (-1, depth * units))
+
+    def grad(*args, upstream=None):
+        if upstream is None:
+            (upstream,) = args
+        ups = ops.transpose(ops.reshape(upstream, (-1, depth, units)), (1, 0, 2))
+        inputs = ops.concatenate([x[None], outs[:-1]], axis=0)
+
+        def backward(d_next, per_layer):
+            up, x_l, h, k, r, b = per_layer
+            d_x, d_h, d_k, d_r, d_b = _layer_grad(up + d_next, x_l, h, k, r, b)
+            return d_x, (d_h, d_k, d_r, d_b)
+
+        d_x, (d_h, d_k, d_r, d_b) = _loops.scan(
+            backward,
+            ops.zeros_like(x),
+            (ups, inputs, hs, kernel, recurrent_kernel, bias),
+            depth,
+            reverse=True,
+        )
+        d_states = ops.reshape(ops.transpose(d_h, (1, 0, 2)), (-1, depth * units))
+        return d_x, d_states, d_k, d_r, d_b
+
+    return new_states, grad
+
+
+@ops.custom_gradient
+def _sgu_run_unrolled(x, states, kernel, recurrent_kernel, bias):
     depth = kernel.shape[0]
     kernels = ops.unstack(kernel, depth)
     recurrent_kernels = ops.unstack(recurrent_kernel, depth)
     biases = ops.unstack(bias, depth)
     hs = ops.split(states, depth, axis=-1)
-    outs, _ = _forward(x, hs, kernels, recurrent_kernels, biases, keep=False)
+    outs = []
+    x_l = x
+    for h, k, r, b in zip(hs, kernels, recurrent_kernels, biases):
+        x_l, _ = _layer(x_l, h, k, r, b)
+        outs.append(x_l)
     new_states = ops.concatenate(outs, axis=-1)
 
     def grad(*args, upstream=None):
         if upstream is None:
             (upstream,) = args
-        # Recompute rather than keep: the loop then saves x and the states
-        # only (see the module docstring).
-        _, saved = _forward(
-            x, hs, kernels, recurrent_kernels, biases, keep=True
-        )
-        d_x, d_h, d_k, d_r, d_b = _backward(
-            ops.split(upstream, depth, axis=-1),
-            saved,
-            kernels,
-            recurrent_kernels,
-        )
+        ups = ops.split(upstream, depth, axis=-1)
+        inputs = [x] + outs[:-1]
+        d_h, d_k, d_r, d_b = ([None] * depth for _ in range(4))
+        d_x = None
+        for l in reversed(range(depth)):
+            delta = ups[l] if d_x is None else ups[l] + d_x
+            d_x, d_h[l], d_k[l], d_r[l], d_b[l] = _layer_grad(
+                delta, inputs[l], hs[l], kernels[l], recurrent_kernels[l],
+                biases[l],
+            )
         return (
             d_x,
             ops.concatenate(d_h, axis=-1),

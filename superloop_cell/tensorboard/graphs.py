@@ -1,36 +1,42 @@
 """The op graph of the real training step, for TensorBoard's graph view.
 
 Keras 3's `TensorBoard(write_graph=True)` writes only the model config.
-`GraphWriter` records the graph TensorFlow actually runs for one training
-step (`tf.summary.trace_on(graph=True)` around the first batch of `fit`,
-then `tf.summary.trace_export`): the train function with its function
-library, where the RNN's while-loop body is a function of its own whose
-ops sit under the superloop's component scopes (`sgu_0`, `control`,
-`attention`...).
+`GraphWriter` records the graph TensorFlow actually runs for a training step
+(`tf.summary.trace_on(graph=True)` around the first batch of `fit`, when the
+train function is instantiated) and writes the train function's graph with
+`tf.summary.graph`: its function library holds the train step and the RNN's
+while-loop body, a function of its own whose ops sit under the superloop's
+component scopes (`sgu_0`, `control`, `attention`...).
 """
 
 import os
+import tempfile
 
 import keras
 import tensorflow as tf
+from tensorboard.backend.event_processing import (event_accumulator,
+                                                  plugin_event_accumulator)
+from tensorflow.core.protobuf import config_pb2
 
 from superloop_cell.tensorboard._scopes import scope_of, scope_patterns
 
 _WHILE_OPS = ("While", "StatelessWhile")
+_TRACE_TAG = "train_step"
 
 
 class GraphWriter(keras.callbacks.Callback):
-    """Writes the op graph of the first training step of `fit`.
+    """Writes the op graph of the training step run by `fit`.
 
-    The graph appears in TensorBoard's Graphs dashboard as the run's tag
-    `name`; `read_step_graph` reads it back.
+    The graph is the run's graph in TensorBoard's Graphs dashboard (open
+    the `Functions` on the right for the loop body); `read_step_graph`
+    reads it back. Graphs are recorded when TensorFlow instantiates a
+    function, so this traces the first batch of the first `fit`.
 
     Args:
         logdir: The run directory the event file is written to.
-        name: The summary tag. Default `"train_step"`.
     """
 
-    def __init__(self, logdir, name="train_step"):
+    def __init__(self, logdir):
         super().__init__()
         if keras.backend.backend() != "tensorflow":
             raise RuntimeError(
@@ -39,7 +45,6 @@ class GraphWriter(keras.callbacks.Callback):
                 f"{keras.backend.backend()!r}."
             )
         self.logdir = os.fspath(logdir)
-        self.name = name
         self._tracing = False
         self._written = False
 
@@ -49,13 +54,22 @@ class GraphWriter(keras.callbacks.Callback):
             self._tracing = True
 
     def on_train_batch_end(self, batch, logs=None):
-        if self._tracing:
-            writer = tf.summary.create_file_writer(self.logdir)
+        if not self._tracing:
+            return
+        # The trace holds every function run in the batch (variable
+        # initialisers too); keep the train function's graph only.
+        with tempfile.TemporaryDirectory() as scratch:
+            writer = tf.summary.create_file_writer(scratch)
             with writer.as_default():
-                tf.summary.trace_export(self.name, step=0)
+                tf.summary.trace_export(_TRACE_TAG, step=0)
             writer.close()
-            self._tracing = False
-            self._written = True
+            graph_def = _train_function_graph(scratch)
+        self._tracing = False
+        writer = tf.summary.create_file_writer(self.logdir)
+        with writer.as_default():
+            tf.summary.graph(graph_def)
+        writer.close()
+        self._written = True
 
     def on_train_end(self, logs=None):
         if self._tracing:
@@ -63,35 +77,30 @@ class GraphWriter(keras.callbacks.Callback):
             self._tracing = False
 
 
-def read_step_graph(logdir, name="train_step"):
-    """The step's graph written by `GraphWriter`, as a `GraphDef`.
-
-    Of the function graphs recorded during the step, returns the one with
-    the largest function library: the train function, whose library holds
-    the train step and the RNN's loop body and condition functions.
-
-    Raises:
-        ValueError: when `logdir` has no such graph.
-    """
-    from tensorboard.backend.event_processing import event_accumulator
-    from tensorflow.core.protobuf import config_pb2
-
-    accumulator = event_accumulator.EventAccumulator(
-        os.fspath(logdir), size_guidance={event_accumulator.TENSORS: 0}
+def _train_function_graph(trace_dir):
+    """Of the traced function graphs, the one with the largest library."""
+    accumulator = plugin_event_accumulator.EventAccumulator(
+        trace_dir, size_guidance={plugin_event_accumulator.TENSORS: 0}
     )
     accumulator.Reload()
-    if name not in accumulator.Tags()[event_accumulator.TENSORS]:
-        raise ValueError(
-            f"No graph tagged {name!r} in {os.fspath(logdir)!r} (found "
-            f"{accumulator.Tags()[event_accumulator.TENSORS]})."
-        )
-    event = accumulator.Tensors(name)[-1]
+    (event,) = accumulator.Tensors(_TRACE_TAG)
     run_metadata = config_pb2.RunMetadata()
     run_metadata.ParseFromString(event.tensor_proto.string_val[0])
     graphs = [g.pre_optimization_graph for g in run_metadata.function_graphs]
     if not graphs:
-        raise ValueError(f"The trace {name!r} holds no function graph.")
+        raise RuntimeError("The traced train step recorded no graph.")
     return max(graphs, key=lambda g: len(g.library.function))
+
+
+def read_step_graph(logdir):
+    """The step's graph written by `GraphWriter`, as a `GraphDef`.
+
+    Raises:
+        ValueError: when `logdir` holds no graph.
+    """
+    accumulator = event_accumulator.EventAccumulator(os.fspath(logdir))
+    accumulator.Reload()
+    return accumulator.Graph()
 
 
 def loop_body_functions(graph_def):

@@ -37,7 +37,6 @@ _VIRIDIS = np.array(
 # TensorBoard shows short sequences and few slots at a readable size.
 MIN_IMAGE_WIDTH = 320
 MIN_IMAGE_HEIGHT = 96
-_MAX_CELL_PIXELS = 24
 _GATE_SUFFIX = "/gate"
 
 
@@ -70,7 +69,7 @@ def heatmap(matrix, vmin=None, vmax=None):
     """A `(slots, steps)` matrix as an RGB image, slot 0 at the bottom.
 
     Each value becomes a block of pixels, so that the image is at least
-    `MIN_IMAGE_WIDTH` × `MIN_IMAGE_HEIGHT` (blocks up to 24 pixels).
+    `MIN_IMAGE_WIDTH` × `MIN_IMAGE_HEIGHT` pixels.
 
     Returns:
         `(height, width, 3)` uint8, `height = slots·block_h`,
@@ -83,8 +82,8 @@ def heatmap(matrix, vmin=None, vmax=None):
             f"non-empty (slots, steps) array, got shape {matrix.shape}."
         )
     slots, steps = matrix.shape
-    block_w = int(np.clip(-(-MIN_IMAGE_WIDTH // steps), 1, _MAX_CELL_PIXELS))
-    block_h = int(np.clip(-(-MIN_IMAGE_HEIGHT // slots), 1, _MAX_CELL_PIXELS))
+    block_w = -(-MIN_IMAGE_WIDTH // steps)  # ceil
+    block_h = -(-MIN_IMAGE_HEIGHT // slots)
     rgb = colorize(matrix[::-1], vmin, vmax)
     return np.repeat(np.repeat(rgb, block_h, axis=0), block_w, axis=1)
 

@@ -92,7 +92,9 @@ class ProfileSteps(keras.callbacks.Callback):
     Steps count from 1 over the whole `fit` call (across epochs). The first
     step also traces (and with XLA compiles) the train function, so the
     default skips it. Each profiled step is marked as a step for the
-    profile plugin's overview page.
+    profile plugin's overview page. It profiles once: in the first `fit`
+    that reaches step `first`. If another profiler is running then, it
+    warns and profiles nothing.
 
     Args:
         logdir: The run directory; the profile goes to
@@ -124,7 +126,13 @@ class ProfileSteps(keras.callbacks.Callback):
         if self._done:
             return
         if self._step == self.first:
-            tf.profiler.experimental.start(self.logdir)
+            try:
+                tf.profiler.experimental.start(self.logdir)
+            except tf.errors.AlreadyExistsError as error:
+                warnings.warn(f"ProfileSteps: {error}; not profiling.",
+                              stacklevel=2)
+                self._done = True
+                return
             self._running = True
         if self._running:
             self._step_trace = tf.profiler.experimental.Trace(
