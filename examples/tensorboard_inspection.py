@@ -9,7 +9,7 @@ one TensorBoard run, `train`:
 * a profile of train steps 2–4 (`ProfileSteps`), readable with the
   profile plugin (`pip install tensorboard-plugin-profile`);
 * the op graph of the real train step, while-loop body included
-  (`GraphWriter`), in the Graphs dashboard as tag `train_step`;
+  (`GraphWriter`), in the Graphs dashboard;
 * heatmaps, histograms and scalars of what the superloop does on a fixed
   probe batch, before training and after every epoch (`TraceImages`).
 
@@ -35,7 +35,7 @@ import superloop_cell as sc  # noqa: E402
 import superloop_cell.tensorboard as sctb  # noqa: E402
 from find_last_two import POSITIONS, make_data  # noqa: E402
 
-PROBE_SAMPLES = 4
+PROBE_SAMPLES = 2
 
 
 def parse_args(argv):
@@ -128,7 +128,8 @@ def main(argv=None):
     for scope, spent in breakdown.items():
         print(f"  {scope:<16} {spent * 1e3:8.2f} ms  {spent / total:6.1%}")
     print(f"profile:  {sctb.profile_files(run)[0]}")
-    print(f"graph:    tag 'train_step' of run '{run}'")
+    print(f"graph:    Graphs tab, run '{run.name}' (the loop body is under "
+          "Functions)")
     print("images:   " + ", ".join(sorted(_image_tags(cell))))
     print("\nView it (the Profile tab needs `pip install "
           "tensorboard-plugin-profile`):")
@@ -140,8 +141,8 @@ def main(argv=None):
 def _image_tags(cell):
     tags = {"sgu/gate_mean"}
     for name, system in zip(cell.component_names["systems"], cell.systems):
-        tags.update(f"{name}/{key}" for key, width in system.trace_sizes.items()
-                    if width > 1)
+        tags.update(f"{name}/{key}"
+                    for key, width in system.trace_sizes.items() if width > 1)
     return tags
 
 

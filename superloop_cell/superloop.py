@@ -293,6 +293,20 @@ class SuperloopCell(keras.layers.Layer):
             for system in self.systems:
                 system.build((None, system.control_size))
 
+    @property
+    def scope_names(self):
+        """The name scopes of the step, in the order it runs them.
+
+        One per stage (`sgu_0`, a fused run `sgu_1_to_31`, `gru_cell`...),
+        then `control` and one per system (`register_memory`, `attention`,
+        ...) when there are systems. Profiles and op graphs show them.
+        """
+        scopes = list(self._stage_scopes)
+        if self.systems:
+            scopes.append("control")
+            scopes.extend(self.component_names["systems"])
+        return scopes
+
     def _trace_layout(self):
         layout = []
         for i, cell in enumerate(self.cells):

@@ -46,8 +46,10 @@ def test_matches_numpy_with_register_memory_and_attention(fused, depth):
     np.testing.assert_allclose(out, ref, atol=ATOL)
 
 
-@pytest.mark.parametrize("depth", [3, 11])
+@pytest.mark.parametrize("depth", [3, 6, 9, 11])
 def test_fused_equals_unfused_outputs_states_and_gradients(depth):
+    # Runs of 2 (written out), 5 (one group + tail), 8 (two groups, no
+    # tail) and 10 (two groups + tail) layers.
     # The fused run has a hand-written gradient: compare it with autodiff of
     # the unfused cells, through the whole loop, for the weights, the input
     # and the initial state.

@@ -10,8 +10,8 @@ restoring the intermediates).
 `sgu_run` keeps only the run's input and its new states. Its backward pass
 walks back through the layers, recomputing each layer's internals from its
 input and state, with the SGU derivatives written out below. Runs deeper
-than `UNROLL_UP_TO` layers loop over the layer axis (`_loops.scan`) in both
-directions, so the graph does not grow with depth either.
+than `UNROLL_UP_TO` layers loop over groups of layers (`_loops.scan`) in
+both directions, so the graph does not grow with depth either.
 
 Forward, for layer l with input x_l (x_0 = the run's input) and state h_l:
 
@@ -34,9 +34,13 @@ from keras import ops
 from superloop_cell import _loops
 from superloop_cell.cells.sgu import CANDIDATE_NEGATIVE_SLOPE
 
-# Runs up to this deep are written out layer by layer (no loop overhead);
-# deeper runs loop over the layer axis, keeping the graph size constant.
+# Runs up to this deep are written out layer by layer (no loop overhead).
+# Deeper runs loop over groups of LAYERS_PER_ITERATION layers, written out
+# inside the loop body, plus a written-out tail of `depth % group` layers:
+# the graph stays the same size whatever the depth, and the loop's own cost
+# per iteration is shared by a group (see benchmarks/RESULTS.md).
 UNROLL_UP_TO = 4
+LAYERS_PER_ITERATION = 4
 
 
 def sgu_run(x, states, kernel, recurrent_kernel, bias):
@@ -53,9 +57,7 @@ def sgu_run(x, states, kernel, recurrent_kernel, bias):
         `(batch, depth·units)`: every layer's new `h`; the run's output is
         the last `units` columns.
     """
-    if kernel.shape[0] > UNROLL_UP_TO:
-        return _sgu_run_looped(x, states, kernel, recurrent_kernel, bias)
-    return _sgu_run_unrolled(x, states, kernel, recurrent_kernel, bias)
+    return _sgu_run(x, states, kernel, recurrent_kernel, bias)
 
 
 def _layer(x, h, k, r, b):
@@ -77,66 +79,78 @@ def _layer_grad(delta, x, h, k, r, b):
     d_a = -0.5 * d_s / ops.square(1.0 + ops.abs(a))
     d_zc = d_c * ops.where(zc > 0, 1.0, CANDIDATE_NEGATIVE_SLOPE)
     d_z = ops.concatenate([d_a, d_zc], axis=-1)
-    d_h = delta * (1.0 - s) + ops.matmul(d_a, ops.transpose(r))
-    d_r = ops.matmul(ops.transpose(h), d_a)
-    d_k = ops.matmul(ops.transpose(x), d_z)
+    # Products with a transposed operand as einsums: no transposed copies.
+    d_h = delta * (1.0 - s) + ops.einsum("bj,ij->bi", d_a, r)
+    d_r = ops.einsum("bi,bj->ij", h, d_a)
+    d_k = ops.einsum("bi,bj->ij", x, d_z)
     d_b = ops.sum(d_z, axis=0)
-    d_x = ops.matmul(d_z, ops.transpose(k))
+    d_x = ops.einsum("bj,ij->bi", d_z, k)
     return d_x, d_h, d_k, d_r, d_b
 
 
-@ops.custom_gradient
-def _sgu_run_looped(x, states, kernel, recurrent_kernel, bias):
-    depth = kernel.shape[0]
-    units = kernel.shape[1]
-    hs = ops.transpose(ops.reshape(states, (-1, depth, units)), (1, 0, 2))
+def _forward(x, hs, ks, rs, bs):
+    """Layers written out: lists of per-layer tensors → list of new h."""
+    outs = []
+    for h, k, r, b in zip(hs, ks, rs, bs):
+        x, _ = _layer(x, h, k, r, b)
+        outs.append(x)
+    return outs
 
-    def forward(carry, per_layer):
-        h, k, r, b = per_layer
-        h_new, _ = _layer(carry, h, k, r, b)
-        return h_new, (h_new,)
 
-    _, (outs,) = _loops.scan(
-        forward, x, (hs, kernel, recurrent_kernel, bias), depth
-    )
-    new_states = ops.reshape(ops.transpose(outs, (1, 0, 2)), (-1, depth * units))
-
-    def grad(*args, upstream=None):
-        if upstream is None:
-            (upstream,) = args
-        ups = ops.transpose(ops.reshape(upstream, (-1, depth, units)), (1, 0, 2))
-        inputs = ops.concatenate([x[None], outs[:-1]], axis=0)
-
-        def backward(d_next, per_layer):
-            up, x_l, h, k, r, b = per_layer
-            d_x, d_h, d_k, d_r, d_b = _layer_grad(up + d_next, x_l, h, k, r, b)
-            return d_x, (d_h, d_k, d_r, d_b)
-
-        d_x, (d_h, d_k, d_r, d_b) = _loops.scan(
-            backward,
-            ops.zeros_like(x),
-            (ups, inputs, hs, kernel, recurrent_kernel, bias),
-            depth,
-            reverse=True,
+def _backward(d_x, ups, inputs, hs, ks, rs, bs):
+    """Layers written out, last first: `d_x` is the gradient reaching the
+    last layer's output from above (None for none); returns the gradient at
+    the first layer's input and the per-layer (∂h, ∂K, ∂R, ∂b) lists."""
+    n = len(hs)
+    grads = [[None] * n for _ in range(4)]
+    for l in reversed(range(n)):
+        delta = ups[l] if d_x is None else ups[l] + d_x
+        d_x, *layer_grads = _layer_grad(
+            delta, inputs[l], hs[l], ks[l], rs[l], bs[l]
         )
-        d_states = ops.reshape(ops.transpose(d_h, (1, 0, 2)), (-1, depth * units))
-        return d_x, d_states, d_k, d_r, d_b
+        for g, value in zip(grads, layer_grads):
+            g[l] = value
+    return d_x, grads
 
-    return new_states, grad
+
+def _grouped(tensor, n_groups, group):
+    """`(n_groups·group, ...)` → `(n_groups, group, ...)`."""
+    return ops.reshape(tensor, (n_groups, group) + tuple(tensor.shape[1:]))
 
 
 @ops.custom_gradient
-def _sgu_run_unrolled(x, states, kernel, recurrent_kernel, bias):
-    depth = kernel.shape[0]
-    kernels = ops.unstack(kernel, depth)
-    recurrent_kernels = ops.unstack(recurrent_kernel, depth)
-    biases = ops.unstack(bias, depth)
-    hs = ops.split(states, depth, axis=-1)
+def _sgu_run(x, states, kernel, recurrent_kernel, bias):
+    depth, units = kernel.shape[0], kernel.shape[1]
+    group = LAYERS_PER_ITERATION
+    n_groups = depth // group if depth > UNROLL_UP_TO else 0
+    looped = n_groups * group  # layers done by the loop; the rest written out
+    # Per-layer states as (depth, batch, units).
+    hs = ops.transpose(ops.reshape(states, (-1, depth, units)), (1, 0, 2))
+    weights = (kernel, recurrent_kernel, bias)
+
+    def unstacked(tensors, start, stop):
+        return [ops.unstack(t[start:stop], stop - start) for t in tensors]
+
     outs = []
     x_l = x
-    for h, k, r, b in zip(hs, kernels, recurrent_kernels, biases):
-        x_l, _ = _layer(x_l, h, k, r, b)
-        outs.append(x_l)
+    if n_groups:
+
+        def forward(carry, per_group):
+            new = _forward(carry, *(ops.unstack(t, group) for t in per_group))
+            return new[-1], (ops.stack(new),)
+
+        x_l, (looped_outs,) = _loops.scan(
+            forward,
+            x,
+            tuple(_grouped(t[:looped], n_groups, group)
+                  for t in (hs,) + weights),
+            n_groups,
+        )
+        outs = ops.unstack(
+            ops.reshape(looped_outs, (looped, -1, units)), looped
+        )
+    tail = _forward(x_l, *unstacked((hs,) + weights, looped, depth))
+    outs = list(outs) + tail
     new_states = ops.concatenate(outs, axis=-1)
 
     def grad(*args, upstream=None):
@@ -144,14 +158,39 @@ def _sgu_run_unrolled(x, states, kernel, recurrent_kernel, bias):
             (upstream,) = args
         ups = ops.split(upstream, depth, axis=-1)
         inputs = [x] + outs[:-1]
-        d_h, d_k, d_r, d_b = ([None] * depth for _ in range(4))
-        d_x = None
-        for l in reversed(range(depth)):
-            delta = ups[l] if d_x is None else ups[l] + d_x
-            d_x, d_h[l], d_k[l], d_r[l], d_b[l] = _layer_grad(
-                delta, inputs[l], hs[l], kernels[l], recurrent_kernels[l],
-                biases[l],
+        d_x, tail_grads = _backward(
+            None, ups[looped:], inputs[looped:],
+            *unstacked((hs,) + weights, looped, depth),
+        )
+        grads = [list(g) for g in tail_grads]
+        if n_groups:
+            if d_x is None:  # no tail: nothing reaches the loop from above
+                d_x = ops.zeros_like(x)
+
+            def backward(d_next, per_group):
+                d_x, group_grads = _backward(
+                    d_next, *(ops.unstack(t, group) for t in per_group)
+                )
+                return d_x, tuple(ops.stack(g) for g in group_grads)
+
+            per_layer = (
+                ops.stack(ups[:looped]),
+                ops.stack(inputs[:looped]),
+                hs[:looped],
+            ) + tuple(w[:looped] for w in weights)
+            d_x, looped_grads = _loops.scan(
+                backward,
+                d_x,
+                tuple(_grouped(t, n_groups, group) for t in per_layer),
+                n_groups,
+                reverse=True,
             )
+            for g, looped_g in zip(grads, looped_grads):
+                g[:0] = ops.unstack(
+                    ops.reshape(looped_g, (looped,) + tuple(looped_g.shape[2:])),
+                    looped,
+                )
+        d_h, d_k, d_r, d_b = grads
         return (
             d_x,
             ops.concatenate(d_h, axis=-1),

@@ -28,11 +28,7 @@ def component_scopes(cell):
         systems (`register_memory`, `attention`, `neural_stack`...).
     """
     _check_cell(cell)
-    scopes = list(cell._stage_scopes)
-    if cell.systems:
-        scopes.append("control")
-        scopes.extend(cell.component_names["systems"])
-    return scopes
+    return cell.scope_names
 
 
 def scope_patterns(cell):
