@@ -18,7 +18,7 @@ setup(
         "tensorboard",
     ],
     extras_require={
-        "dev": ["pytest", "matplotlib"],
+        "dev": ["pytest", "matplotlib", "jax"],
         "plots": ["matplotlib"],
         "profile": ["tensorboard-plugin-profile"],
     },

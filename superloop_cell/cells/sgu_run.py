@@ -113,9 +113,20 @@ def _backward(d_x, ups, inputs, hs, ks, rs, bs):
     return d_x, grads
 
 
+def _rest(shape):
+    # The batch axis may be unknown while tracing: let reshape infer it.
+    return tuple(-1 if d is None else d for d in shape)
+
+
 def _grouped(tensor, n_groups, group):
     """`(n_groups·group, ...)` → `(n_groups, group, ...)`."""
-    return ops.reshape(tensor, (n_groups, group) + tuple(tensor.shape[1:]))
+    return ops.reshape(tensor, (n_groups, group) + _rest(tensor.shape[1:]))
+
+
+def _ungrouped(tensor):
+    """`(n_groups, group, ...)` → a list of `n_groups·group` tensors."""
+    n = tensor.shape[0] * tensor.shape[1]
+    return ops.unstack(ops.reshape(tensor, (n,) + _rest(tensor.shape[2:])), n)
 
 
 @ops.custom_gradient
@@ -146,9 +157,7 @@ def _sgu_run(x, states, kernel, recurrent_kernel, bias):
                   for t in (hs,) + weights),
             n_groups,
         )
-        outs = ops.unstack(
-            ops.reshape(looped_outs, (looped, -1, units)), looped
-        )
+        outs = _ungrouped(looped_outs)
     tail = _forward(x_l, *unstacked((hs,) + weights, looped, depth))
     outs = list(outs) + tail
     new_states = ops.concatenate(outs, axis=-1)
@@ -186,10 +195,7 @@ def _sgu_run(x, states, kernel, recurrent_kernel, bias):
                 reverse=True,
             )
             for g, looped_g in zip(grads, looped_grads):
-                g[:0] = ops.unstack(
-                    ops.reshape(looped_g, (looped,) + tuple(looped_g.shape[2:])),
-                    looped,
-                )
+                g[:0] = _ungrouped(looped_g)
         d_h, d_k, d_r, d_b = grads
         return (
             d_x,

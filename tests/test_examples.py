@@ -1,0 +1,172 @@
+"""The example scripts: each runs end to end on tiny settings, and each data
+generator produces the targets its task defines."""
+
+import json
+import pathlib
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+import associative_recall  # noqa: E402
+import custom_system  # noqa: E402
+import find_last_two  # noqa: E402
+import stack_reverse  # noqa: E402
+
+pytest.importorskip("matplotlib")
+
+SMOKE = {
+    "find_last_two": (
+        find_last_two,
+        ["--steps", "6", "--units", "4", "--depth", "2",
+         "--train-samples", "32", "--test-samples", "16", "--epochs", "1",
+         "--batch-size", "16", "--baseline-units", "4",
+         "--baseline-epochs", "1"],
+        ["test_accuracy", "baseline_test_accuracy", "train_seconds",
+         "wall_seconds"],
+    ),
+    "associative_recall": (
+        associative_recall,
+        ["--pairs", "2", "--keys", "4", "--values", "3", "--units", "4",
+         "--train-samples", "32", "--test-samples", "16", "--epochs", "1",
+         "--batch-size", "16"],
+        ["test_accuracy_k", "test_accuracy_2k", "train_seconds",
+         "wall_seconds"],
+    ),
+    "stack_reverse": (
+        stack_reverse,
+        ["--symbols", "3", "--train-length", "3", "--test-length", "5",
+         "--units", "4", "--stack-width", "2", "--train-samples", "32",
+         "--test-samples", "8", "--epochs", "1", "--batch-size", "16"],
+        ["accuracy_at_train_length", "accuracy_at_test_length",
+         "baseline_accuracy_at_test_length", "train_seconds",
+         "wall_seconds"],
+    ),
+    "custom_system": (
+        custom_system,
+        ["--train-length", "4", "--test-length", "8", "--units", "4",
+         "--train-samples", "32", "--test-samples", "16", "--epochs", "1",
+         "--batch-size", "16"],
+        ["accuracy_at_train_length", "accuracy_at_test_length",
+         "baseline_accuracy_at_test_length", "reloaded_outputs_equal",
+         "train_seconds", "wall_seconds"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMOKE))
+def test_script_runs_and_writes_its_files(name, tmp_path):
+    module, argv, metric_keys = SMOKE[name]
+    out = tmp_path / name
+    summary = module.main(argv + ["--out", str(out), "--verbose", "0",
+                                  "--seed", "3"])
+    for filename in ("model.keras", "traces.png", "summary.json"):
+        assert (out / filename).stat().st_size > 0, filename
+    written = json.loads((out / "summary.json").read_text())
+    assert written["task"] == name
+    for key in metric_keys:
+        assert key in summary and key in written, key
+        if "accuracy" in key:
+            assert 0.0 <= summary[key] <= 1.0, (key, summary[key])
+
+
+def test_help_exits_cleanly(capsys):
+    for module, _, _ in SMOKE.values():
+        with pytest.raises(SystemExit) as exit_info:
+            module.main(["--help"])
+        assert exit_info.value.code == 0
+    assert "--seed" in capsys.readouterr().out
+
+
+def test_find_last_two_target_is_the_last_2_before_the_9():
+    rng = np.random.default_rng(0)
+    values, target = find_last_two.make_data(500, rng)
+    assert values.shape == (500, find_last_two.POSITIONS)
+    for row, answer in zip(values, target):
+        assert np.sum(row == 9) == 1
+        assert set(np.unique(row)) <= {0, 1, 2, 3, 4, 9}
+        peak = int(np.argmax(row == 9))
+        assert peak >= 1
+        twos = [i for i in range(peak) if row[i] == 2]
+        assert twos, row
+        assert answer == twos[-1] == find_last_two.answer(row)
+    # The answers cover every index the task allows.
+    assert set(target) == set(range(find_last_two.POSITIONS - 1))
+
+
+def test_find_last_two_max_peak_bounds_the_9():
+    values, target = find_last_two.make_data(
+        200, np.random.default_rng(1), max_peak=3)
+    assert np.all(np.argmax(values == 9, axis=1) <= 3)
+    assert np.all(target < 3)
+
+
+def test_associative_recall_target_is_the_queried_keys_value():
+    keys, values, pairs = 6, 5, 4
+    x, target, parts = associative_recall.make_data(
+        300, pairs, keys, values, np.random.default_rng(2))
+    assert x.shape == (300, pairs + 3, keys + values + 3)
+    flags = keys + values
+    for row, answer in zip(x, target):
+        stored = {}
+        for step in row[:pairs]:
+            assert step[:keys].sum() == 1 and step[keys:flags].sum() == 1
+            key = int(step[:keys].argmax())
+            assert key not in stored  # keys are distinct
+            stored[key] = int(step[keys:flags].argmax())
+        np.testing.assert_array_equal(row[pairs], np.eye(row.shape[1])[
+            flags + associative_recall.FLAGS.index("delimiter")])
+        query = row[pairs + 1]
+        assert query[flags + associative_recall.FLAGS.index("query")] == 1
+        assert answer == stored[int(query[:keys].argmax())]
+        assert row[pairs + 2, flags + associative_recall.FLAGS.index(
+            "answer")] == 1
+    assert parts["keys"].shape == (300, pairs)
+
+
+def test_stack_reverse_targets_are_the_reversed_inputs():
+    symbols = 5
+    lengths = np.array([1, 4, 7, 7, 2])
+    x, target, weight = stack_reverse.make_data(
+        lengths, symbols, np.random.default_rng(3), steps=16)
+    assert x.shape == (5, 16, symbols + 2)
+    for row, goal, w, length in zip(x, target, weight, lengths):
+        sequence = row[:length, :symbols].argmax(-1)
+        assert np.all(row[:length, :symbols].sum(-1) == 1)
+        assert row[length, symbols] == 1  # delimiter
+        outputs = slice(length + 1, 2 * length + 1)
+        np.testing.assert_array_equal(goal[outputs], sequence[::-1])
+        np.testing.assert_array_equal(np.nonzero(w)[0],
+                                      np.arange(length + 1, 2 * length + 1))
+        assert np.all(row[outputs, symbols + 1] == 1)
+        assert not row[2 * length + 1:].any()  # padding is all zeros
+
+
+def test_custom_system_depth_is_opens_minus_closes_and_never_negative():
+    x, depth = custom_system.make_data(200, 12, np.random.default_rng(4),
+                                       min_length=3)
+    step = x[..., custom_system.OPEN] - x[..., custom_system.CLOSE]
+    running = np.cumsum(step, axis=1)
+    assert np.all(running >= 0)
+    np.testing.assert_array_equal(depth, running[:, -1])
+    lengths = x.sum(axis=(1, 2))
+    assert lengths.min() >= 3 and lengths.max() <= 12
+    assert len(set(lengths)) > 1
+
+
+def test_counter_counts_and_round_trips_its_config():
+    counter = custom_system.Counter(2)
+    total = np.array([[1.0, -2.0]], "float32")
+    control = np.array([[20.0, -20.0]], "float32")  # tanh → ±1
+    output, (new_total,) = counter(control, [total])
+    np.testing.assert_allclose(new_total, [[2.0, -3.0]], atol=1e-6)
+    np.testing.assert_allclose(output, np.tanh([[2.0, -3.0]]), atol=1e-6)
+    clone = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(counter))
+    assert isinstance(clone, custom_system.Counter) and clone.width == 2
+    with pytest.raises(ValueError, match="width"):
+        custom_system.Counter(0)
