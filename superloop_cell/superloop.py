@@ -232,11 +232,13 @@ class SuperloopCell(keras.layers.Layer):
         # Name scopes of the step, stable across models: `sgu_0`, a fused
         # run `sgu_1_to_31`, `gru_cell`, `register_memory`, `control`, ...
         names = self.component_names["cells"]
-        self._stage_scopes = [
-            names[s.indices[0]] if len(s.indices) == 1
-            else f"{names[s.indices[0]]}_to_{names[s.indices[-1]].split('_')[-1]}"
-            for s in self._stages
-        ]
+        self._stage_scopes = []
+        for stage in self._stages:
+            first, last = stage.indices[0], stage.indices[-1]
+            scope = names[first]
+            if last != first:  # a fused run: sgu_<first>_to_<last>
+                scope += "_to_" + names[last].rsplit("_", 1)[-1]
+            self._stage_scopes.append(scope)
         self.fused_stacks = [
             s.stack for s in self._stages if isinstance(s, SGURunStage)
         ]
@@ -264,30 +266,23 @@ class SuperloopCell(keras.layers.Layer):
             stage.build(width)
             width = stage.output_size
         if self.systems:
-            blocks = [
-                (
-                    s.control_size,
-                    s.control_kernel_initializer
-                    or self.control_kernel_initializer,
-                )
-                for s in self.systems
-            ]
+            # One projection for all systems; each system may bring the
+            # initializers of its own columns.
+            def sliced(attribute):
+                return _SlicedInitializer([
+                    (s.control_size,
+                     getattr(s, attribute) or getattr(self, attribute))
+                    for s in self.systems
+                ])
+
             self.control_kernel = self.add_weight(
                 shape=(self.y_size, self.control_size),
-                initializer=_SlicedInitializer(blocks),
+                initializer=sliced("control_kernel_initializer"),
                 name="control_kernel",
             )
-            bias_blocks = [
-                (
-                    s.control_size,
-                    s.control_bias_initializer
-                    or self.control_bias_initializer,
-                )
-                for s in self.systems
-            ]
             self.control_bias = self.add_weight(
                 shape=(self.control_size,),
-                initializer=_SlicedInitializer(bias_blocks),
+                initializer=sliced("control_bias_initializer"),
                 name="control_bias",
             )
             for system in self.systems:
