@@ -8,9 +8,10 @@ import tensorflow as tf
 import superloop_cell as sc
 
 
-def _train_graph_size(depth):
+def _train_graph_size(depth, fused=True):
+    """Nodes in the graph (and its function library) of a gradient step."""
     cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(depth)],
-                            [sc.RegisterMemory(2, 2)])
+                            [sc.RegisterMemory(2, 2)], fused=fused)
     layer = keras.layers.RNN(cell, return_sequences=True)
     layer(np.zeros((1, 2, 2), "float32"))
 
@@ -21,42 +22,22 @@ def _train_graph_size(depth):
         return tape.gradient(loss, layer.trainable_weights)
 
     graph = train.get_concrete_function(
-        tf.TensorSpec((None, None, 2))).graph
-    nodes = len(graph.as_graph_def().node)
-    nodes += sum(len(f.node_def) for f in graph.as_graph_def().library.function)
-    return nodes
+        tf.TensorSpec((None, None, 2))).graph.as_graph_def()
+    return len(graph.node) + sum(len(f.node_def)
+                                 for f in graph.library.function)
 
 
 def test_graph_does_not_grow_with_depth():
     small, deep = _train_graph_size(10), _train_graph_size(34)
     fused_per_layer = (deep - small) / 24
-    unfused_per_layer = _unfused_growth() / 3
+    unfused_per_layer = (_train_graph_size(6, fused=False)
+                         - _train_graph_size(3, fused=False)) / 3
     # Only bookkeeping (splitting the states, stacking the gradients) grows
     # with the depth of a fused run; each unfused layer adds its whole
     # forward and gradient graph.
     assert deep < 1.15 * small, (small, deep)
     assert fused_per_layer < unfused_per_layer / 10, (fused_per_layer,
                                                       unfused_per_layer)
-
-
-def _unfused_growth():
-    def size(depth):
-        cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(depth)],
-                                [sc.RegisterMemory(2, 2)], fused=False)
-        layer = keras.layers.RNN(cell)
-        layer(np.zeros((1, 2, 2), "float32"))
-
-        @tf.function
-        def train(x):
-            with tf.GradientTape() as tape:
-                loss = tf.reduce_sum(layer(x))
-            return tape.gradient(loss, layer.trainable_weights)
-
-        graph = train.get_concrete_function(
-            tf.TensorSpec((None, None, 2))).graph.as_graph_def()
-        return len(graph.node) + sum(len(f.node_def)
-                                     for f in graph.library.function)
-    return size(6) - size(3)
 
 
 def test_fit_on_padded_dataset_does_not_retrace_per_length():
