@@ -147,9 +147,9 @@ class SuperloopCell(keras.layers.Layer):
             of that width) is computed as one stacked layer, its weights in
             one `SGUStack` (see `stages.py`). Default True. Outputs are the
             same either way; the fused layout keeps the graph from growing
-            with depth. The fused `SGUCell` objects stay unbuilt: their
-            weights are `fused_stacks[i].kernel` etc., with a leading layer
-            axis, and the run's states are one state of `depth·units`.
+            with depth. The fused `SGUCell` objects hold no weights: theirs
+            are `fused_stacks[i].kernel` etc., with a leading layer axis,
+            and the run's states are one state of `depth·units`.
         trace: Whether the cell's output also carries, per step, what every
             component did (see `trace_layout`, `split_output` and
             `superloop_cell.run_with_traces`): each SGU layer's gate `f`
