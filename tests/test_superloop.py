@@ -128,9 +128,10 @@ def test_mixed_cells_fall_back_and_match_step_by_step():
         np.testing.assert_allclose(out[:, t], y, atol=ATOL)
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_unroll_and_loop_give_same_outputs_and_gradients(fused):
-    cell_loop = sc.SuperloopCell([sc.SGUCell(4) for _ in range(3)],
+@pytest.mark.parametrize("fused, depth", [(True, 3), (True, 7), (False, 3)])
+def test_unroll_and_loop_give_same_outputs_and_gradients(fused, depth):
+    # depth 7: the fused run of 6 loops over a group of layers.
+    cell_loop = sc.SuperloopCell([sc.SGUCell(4) for _ in range(depth)],
                                  [sc.RegisterMemory(2, 3)], fused=fused)
     cell_unroll = sc.SuperloopCell.from_config(cell_loop.get_config())
     m_loop = rnn_model(cell_loop, 2, steps=6, return_sequences=True)
@@ -173,7 +174,8 @@ def _padded_batch_equals_each_alone(model, with_context):
 
 
 def test_masking_layer_padding_equals_each_sequence_alone():
-    cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(3)],
+    # 7 SGU layers: the fused run of 6 takes the looped path.
+    cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(7)],
                             [sc.RegisterMemory(2, 3)])
     seq = keras.Input((None, 2))
     masked = keras.layers.Masking(0.0)(seq)
