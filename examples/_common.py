@@ -16,22 +16,24 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from keras import ops  # noqa: E402
 
 import superloop_cell  # noqa: E402
 from superloop_cell.plotting import plot_traces  # noqa: E402
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
+                     argparse.RawDescriptionHelpFormatter):
+    """Shows every default, and the script's docstring as written."""
 
 
 def make_parser(task, description):
     """An `ArgumentParser` with the options every example shares.
 
     `--seed`, `--out` (default `runs/<task>`) and `--verbose` (Keras' `fit`
-    verbosity: 1 is the progress bar).
+    verbosity: 1 is the progress bar). `description` is shown as written.
     """
     parser = argparse.ArgumentParser(
-        description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+        description=description, formatter_class=_HelpFormatter)
     parser.add_argument("--seed", type=int, default=0,
                         help="random seed for data and weights")
     parser.add_argument("--out", default=os.path.join("runs", task),
@@ -42,18 +44,41 @@ def make_parser(task, description):
 
 
 def prepare(args):
-    """Seeds everything from `args.seed`; makes `args.out`; returns its path."""
+    """Seeds everything from `args.seed`, makes `args.out`, returns it."""
     keras.utils.set_random_seed(args.seed)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 
-@keras.saving.register_keras_serializable(package="examples")
-def rounded_accuracy(y_true, y_pred):
-    """Share of predictions that round to the integer target."""
-    y_true = ops.reshape(ops.cast(y_true, y_pred.dtype), ops.shape(y_pred))
-    return ops.mean(ops.cast(ops.equal(ops.round(y_pred), y_true), "float32"))
+def rounded_accuracy(model, inputs, target):
+    """Share of `model`'s scalar predictions that round to the target."""
+    predicted = model.predict(inputs, batch_size=500, verbose=0)
+    predicted = np.reshape(predicted, np.shape(target))
+    return to_float(np.mean(np.round(predicted) == target))
+
+
+class RoundedAccuracy(keras.callbacks.Callback):
+    """Puts `val_rounded_accuracy` in the logs at the end of every epoch.
+
+    A callback rather than a compiled metric, so that the saved model needs
+    nothing from these scripts to load (`keras.saving.load_model` after
+    `import superloop_cell`).
+
+    Args:
+        inputs: The held-out inputs.
+        target: Their integer targets.
+    """
+
+    def __init__(self, inputs, target):
+        super().__init__()
+        self.inputs = inputs
+        self.target = target
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["val_rounded_accuracy"] = rounded_accuracy(
+                self.model, self.inputs, self.target)
 
 
 def write_traces(cell, sequences, contexts, path, title):

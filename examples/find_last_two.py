@@ -9,13 +9,25 @@ it only sets the number of steps (64) — and the data is the per-sample
 context of an `Attention` head: the superloop reads one blurred value per
 step at the head's position and moves the head. The answer is where the
 head stands after the last step: the position state, read with
-`return_state=True`, is the model's output, trained against the index.
+`return_state=True`, is the model's output, trained against the index
+with a loss on that final position only.
 
 A GRU that reads the 16 values as a 16-step sequence and regresses the
 index with a Dense layer is the baseline.
 
-    python examples/find_last_two.py                 # defaults, a few minutes
-    python examples/find_last_two.py --epochs 40 --train-samples 40000
+What to expect: this is hard for the superloop. One read mixes a slot with
+its neighbours (with the squared falloff the slot itself has about a third
+of the weight), so telling a 2 from a 1 or a 3 takes several reads around
+it, and the only training signal is where the head ends up. In short runs
+the head learns to drift to a typical index, near the accuracy of always
+answering 0 (`always_zero_accuracy` in the summary); the GRU, which sees
+the values exactly, solves the task in seconds. `--curriculum` starts with
+answers right before the 9 and widens the gap over the first half of the
+epochs.
+
+    python examples/find_last_two.py                  # about 3 minutes
+    python examples/find_last_two.py --curriculum --epochs 200 \
+        --learning-rate 1e-3 --no-baseline
 """
 
 import argparse
@@ -24,8 +36,8 @@ import sys
 import keras
 import numpy as np
 
-from _common import (Stopwatch, finish, make_parser, prepare,
-                     rounded_accuracy, to_float, write_traces)
+from _common import (RoundedAccuracy, Stopwatch, finish, make_parser,
+                     prepare, rounded_accuracy, to_float, write_traces)
 import superloop_cell as sc
 
 TASK = "find_last_two"
@@ -35,17 +47,21 @@ TARGET_VALUE = 2
 PEAK_VALUE = 9
 
 
-def make_data(n, rng, positions=POSITIONS):
+def make_data(n, rng, positions=POSITIONS, max_peak=None, max_gap=None):
     """`n` samples: values `(n, positions)` (ints) and targets `(n,)`.
 
-    The 9 (the peak) is at a uniform position in `[1, positions − 1]`, the
-    answer at a uniform position before it; the values between them are
-    drawn from {0, 1, 3, 4} so that the answer is the *last* 2 before the
-    9; the others from 0–4.
+    The 9 (the peak) is at a uniform position in `[1, max_peak]` (default
+    `positions − 1`), the answer at a uniform position before it; the
+    values between them are drawn from {0, 1, 3, 4} so that the answer is
+    the *last* 2 before the 9; the others from 0–4. `max_gap`, for a
+    curriculum, bounds how far before the 9 the answer is (default: no
+    bound).
     """
     index = np.arange(positions)[None, :]
-    peak = rng.integers(1, positions, size=(n, 1))
-    target = (rng.random((n, 1)) * peak).astype(np.int64)
+    max_peak = positions - 1 if max_peak is None else max_peak
+    peak = rng.integers(1, max_peak + 1, size=(n, 1))
+    gaps = peak if max_gap is None else np.minimum(peak, max_gap)
+    target = peak - 1 - (rng.random((n, 1)) * gaps).astype(np.int64)
     values = rng.integers(0, MAX_VALUE + 1, size=(n, positions))
     no_two = rng.integers(0, MAX_VALUE, size=(n, positions))
     no_two = no_two + (no_two >= TARGET_VALUE)
@@ -90,41 +106,54 @@ def compile_model(model, args):
     loss = (keras.losses.Huber(delta=1.0) if args.loss == "huber"
             else "mse")
     model.compile(keras.optimizers.Adam(args.learning_rate, clipnorm=1.0),
-                  loss, metrics=[rounded_accuracy],
-                  jit_compile=args.jit_compile)
+                  loss, jit_compile=args.jit_compile)
 
 
-def accuracy(model, inputs, target):
-    predicted = model.predict(inputs, batch_size=500, verbose=0)[:, 0]
-    return to_float(np.mean(np.round(predicted) == target))
+def curriculum_gap(epoch, args):
+    """The `max_gap` of an epoch: 1 at first, none after half the epochs."""
+    if not args.curriculum:
+        return None
+    ramp = max(1, args.epochs // 2)
+    gap = 1 + (POSITIONS - 1) * epoch // ramp
+    return None if gap >= POSITIONS - 1 else gap
+
+
+def scaled(values, args):
+    return (values[..., None] * args.scale).astype("float32")
 
 
 def parse_args(argv):
-    parser = make_parser(TASK, __doc__.split("\n\n")[0])
+    parser = make_parser(TASK, __doc__)
     parser.add_argument("--steps", type=int, default=64,
                         help="superloop steps per sample")
     parser.add_argument("--units", type=int, default=32,
                         help="units per SGU layer")
-    parser.add_argument("--depth", type=int, default=3,
-                        help="SGU layers")
+    parser.add_argument("--depth", type=int, default=3, help="SGU layers")
     parser.add_argument("--falloff", choices=("linear", "squared"),
                         default="squared", help="attention falloff")
     parser.add_argument("--normalize", action=argparse.BooleanOptionalAction,
-                        default=True, help="normalise attention weights")
-    parser.add_argument("--clip-position", action=argparse.BooleanOptionalAction,
-                        default=True, help="keep the head in [0, 15]")
-    parser.add_argument("--scale", type=float, default=0.25,
-                        help="data values are multiplied by this")
-    parser.add_argument("--train-samples", type=int, default=16384)
+                        default=True, help="normalise the attention weights")
+    parser.add_argument("--clip-position",
+                        action=argparse.BooleanOptionalAction, default=False,
+                        help="keep the head in [0, 15]")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="the data values are multiplied by this")
+    parser.add_argument("--curriculum", action=argparse.BooleanOptionalAction,
+                        default=False,
+                        help="bound the distance from the answer to the 9 "
+                             "(1 at first), lifting the bound over the first "
+                             "half of the epochs")
+    parser.add_argument("--train-samples", type=int, default=8192,
+                        help="fresh training samples per epoch")
     parser.add_argument("--test-samples", type=int, default=1000)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--learning-rate", type=float, default=3e-3)
-    parser.add_argument("--loss", choices=("mse", "huber"), default="huber")
+    parser.add_argument("--loss", choices=("mse", "huber"), default="mse")
     parser.add_argument("--jit-compile", action=argparse.BooleanOptionalAction,
                         default=False, help="XLA-compile the train step")
-    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
-                        help="also train the GRU baseline")
+    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction,
+                        default=True, help="also train the GRU baseline")
     parser.add_argument("--baseline-units", type=int, default=64)
     parser.add_argument("--baseline-epochs", type=int, default=10)
     return parser.parse_args(argv)
@@ -134,12 +163,10 @@ def main(argv=None):
     args = parse_args(argv)
     out = prepare(args)
     rng = np.random.default_rng(args.seed)
-    values, target = make_data(args.train_samples, rng)
     test_values, test_target = make_data(args.test_samples, rng)
-    data = (values[..., None] * args.scale).astype("float32")
-    test_data = (test_values[..., None] * args.scale).astype("float32")
-    no_input = np.zeros((len(data), args.steps, 0), "float32")
+    test_data = scaled(test_values, args)
     test_no_input = np.zeros((len(test_data), args.steps, 0), "float32")
+    no_input = np.zeros((args.train_samples, args.steps, 0), "float32")
 
     clock = Stopwatch()
     model, cell = build_superloop(args)
@@ -148,16 +175,20 @@ def main(argv=None):
           f"{POSITIONS}, 1, falloff={args.falloff!r}, normalize="
           f"{args.normalize}, clip_position={args.clip_position}), "
           f"{args.steps} steps, {model.count_params()} parameters")
-    model.fit([no_input, data], target.astype("float32"),
-              batch_size=args.batch_size, epochs=args.epochs,
-              validation_data=([test_no_input, test_data],
-                               test_target.astype("float32")),
-              verbose=args.verbose)
+    test_inputs = [test_no_input, test_data]
+    monitor = RoundedAccuracy(test_inputs, test_target)
+    for epoch in range(args.epochs):
+        values, target = make_data(args.train_samples, rng,
+                                   max_gap=curriculum_gap(epoch, args))
+        model.fit([no_input, scaled(values, args)], target.astype("float32"),
+                  batch_size=args.batch_size, initial_epoch=epoch,
+                  epochs=epoch + 1, callbacks=[monitor],
+                  verbose=args.verbose)
     train_seconds = clock.seconds()
     summary = {
         "task": TASK,
-        "test_accuracy": accuracy(model, [test_no_input, test_data],
-                                  test_target),
+        "test_accuracy": rounded_accuracy(model, test_inputs, test_target),
+        "always_zero_accuracy": to_float(np.mean(test_target == 0)),
         "parameters": model.count_params(),
         "train_seconds": train_seconds,
     }
@@ -169,16 +200,17 @@ def main(argv=None):
 
     if args.baseline:
         clock_gru = Stopwatch()
+        values, target = make_data(args.train_samples * 2, rng)
         gru = build_gru(args.baseline_units)
         compile_model(gru, args)
-        print(f"baseline: GRU({args.baseline_units}) + Dense(1), "
-              f"{gru.count_params()} parameters")
-        gru.fit(data, target.astype("float32"), batch_size=args.batch_size,
-                epochs=args.baseline_epochs,
-                validation_data=(test_data, test_target.astype("float32")),
+        print(f"baseline: GRU({args.baseline_units}) + Dense(1) on the 16 "
+              f"values, {gru.count_params()} parameters")
+        gru.fit(scaled(values, args), target.astype("float32"),
+                batch_size=args.batch_size, epochs=args.baseline_epochs,
+                callbacks=[RoundedAccuracy(test_data, test_target)],
                 verbose=args.verbose)
-        summary["baseline_test_accuracy"] = accuracy(gru, test_data,
-                                                     test_target)
+        summary["baseline_test_accuracy"] = rounded_accuracy(
+            gru, test_data, test_target)
         summary["baseline_parameters"] = gru.count_params()
         summary["baseline_train_seconds"] = clock_gru.seconds()
     summary["wall_seconds"] = clock.seconds()

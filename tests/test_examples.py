@@ -95,14 +95,20 @@ def test_find_last_two_target_is_the_last_2_before_the_9():
         assert twos, row
         assert answer == twos[-1] == find_last_two.answer(row)
     # The answers cover every index the task allows.
-    assert set(target) == set(range(find_last_two.POSITIONS - 1))
+    _, many = find_last_two.make_data(5000, rng)
+    assert set(many) == set(range(find_last_two.POSITIONS - 1))
 
 
-def test_find_last_two_max_peak_bounds_the_9():
-    values, target = find_last_two.make_data(
-        200, np.random.default_rng(1), max_peak=3)
+def test_find_last_two_bounds_for_a_curriculum():
+    rng = np.random.default_rng(1)
+    values, target = find_last_two.make_data(200, rng, max_peak=3)
     assert np.all(np.argmax(values == 9, axis=1) <= 3)
     assert np.all(target < 3)
+    values, target = find_last_two.make_data(500, rng, max_gap=2)
+    gap = np.argmax(values == 9, axis=1) - target
+    assert set(gap) == {1, 2}
+    assert all(find_last_two.answer(row) == t for row, t in zip(values,
+                                                                 target))
 
 
 def test_associative_recall_target_is_the_queried_keys_value():

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 import superloop_cell as sc
+from superloop_cell.cells import sgu_run
 from helpers import (copy_weights_unfused_to_fused, randomize, rnn_model,
                      sgu_layers)
 from reference import superloop_run
@@ -46,10 +47,20 @@ def test_matches_numpy_with_register_memory_and_attention(fused, depth):
     np.testing.assert_allclose(out, ref, atol=ATOL)
 
 
-@pytest.mark.parametrize("depth", [3, 6, 9, 11])
-def test_fused_equals_unfused_outputs_states_and_gradients(depth):
-    # Runs of 2 (written out), 5 (one group + tail), 8 (two groups, no
-    # tail) and 10 (two groups + tail) layers.
+def _loop_runs_deeper_than_4(monkeypatch):
+    """Makes fused runs of more than 4 layers loop over groups of 4."""
+    monkeypatch.setattr(sgu_run, "UNROLL_UP_TO", 4)
+    monkeypatch.setattr(sgu_run, "LAYERS_PER_ITERATION", 4)
+
+
+@pytest.mark.parametrize("depth, looped", [
+    (3, False), (11, False),  # runs of 2 and 10 layers, written out
+    (6, True), (9, True), (11, True),  # one group + tail, two groups, two
+])                                      # groups + tail
+def test_fused_equals_unfused_outputs_states_and_gradients(
+        monkeypatch, depth, looped):
+    if looped:
+        _loop_runs_deeper_than_4(monkeypatch)
     # The fused run has a hand-written gradient: compare it with autodiff of
     # the unfused cells, through the whole loop, for the weights, the input
     # and the initial state.
@@ -129,8 +140,10 @@ def test_mixed_cells_fall_back_and_match_step_by_step():
 
 
 @pytest.mark.parametrize("fused, depth", [(True, 3), (True, 7), (False, 3)])
-def test_unroll_and_loop_give_same_outputs_and_gradients(fused, depth):
+def test_unroll_and_loop_give_same_outputs_and_gradients(monkeypatch, fused,
+                                                         depth):
     # depth 7: the fused run of 6 loops over a group of layers.
+    _loop_runs_deeper_than_4(monkeypatch)
     cell_loop = sc.SuperloopCell([sc.SGUCell(4) for _ in range(depth)],
                                  [sc.RegisterMemory(2, 3)], fused=fused)
     cell_unroll = sc.SuperloopCell.from_config(cell_loop.get_config())
@@ -173,8 +186,9 @@ def _padded_batch_equals_each_alone(model, with_context):
             np.testing.assert_allclose(b_state[i], a_state[0], atol=ATOL)
 
 
-def test_masking_layer_padding_equals_each_sequence_alone():
+def test_masking_layer_padding_equals_each_sequence_alone(monkeypatch):
     # 7 SGU layers: the fused run of 6 takes the looped path.
+    _loop_runs_deeper_than_4(monkeypatch)
     cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(7)],
                             [sc.RegisterMemory(2, 3)])
     seq = keras.Input((None, 2))

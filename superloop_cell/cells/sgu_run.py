@@ -7,11 +7,14 @@ gradient graph op by op from them; for a 32-layer stack that dominates both
 the first step (graph construction) and the steady step (saving and
 restoring the intermediates).
 
-`sgu_run` keeps only the run's input and its new states. Its backward pass
-walks back through the layers, recomputing each layer's internals from its
-input and state, with the SGU derivatives written out below. Runs deeper
-than `UNROLL_UP_TO` layers loop over groups of layers (`_loops.scan`) in
-both directions, so the graph does not grow with depth either.
+`sgu_run` saves, per step, the run's input and states and three stacked
+`(depth, batch, units)` tensors of internals (`a`, `s`, `c` below): a few
+accumulators per step whatever the depth, instead of a dozen per layer.
+Its backward pass walks back through the layers with the SGU derivatives
+written out below (about two thirds of the ops autodiff emits for them).
+Runs deeper than `UNROLL_UP_TO` layers loop over groups of layers
+(`_loops.scan`) in both directions, so the graph does not grow with depth
+either.
 
 Forward, for layer l with input x_l (x_0 = the run's input) and state h_l:
 
@@ -34,13 +37,14 @@ from keras import ops
 from superloop_cell import _loops
 from superloop_cell.cells.sgu import CANDIDATE_NEGATIVE_SLOPE
 
-# Runs up to this deep are written out layer by layer (no loop overhead).
-# Deeper runs loop over groups of LAYERS_PER_ITERATION layers, written out
-# inside the loop body, plus a written-out tail of `depth % group` layers:
-# the graph stays the same size whatever the depth, and the loop's own cost
-# per iteration is shared by a group (see benchmarks/RESULTS.md).
-UNROLL_UP_TO = 4
-LAYERS_PER_ITERATION = 4
+# Runs up to this deep are written out layer by layer: on a 2-core CPU a
+# loop over a 31-layer run cost 20–30 % more per training step than the
+# written-out run (benchmarks/RESULTS.md), for a first step about 2.5 s
+# shorter. Deeper runs loop over groups of LAYERS_PER_ITERATION layers
+# (written out inside the loop body) plus a written-out tail of
+# `depth % group` layers, so the graph stops growing with depth there.
+UNROLL_UP_TO = 32
+LAYERS_PER_ITERATION = 8
 
 
 def sgu_run(x, states, kernel, recurrent_kernel, bias):
@@ -61,23 +65,21 @@ def sgu_run(x, states, kernel, recurrent_kernel, bias):
 
 
 def _layer(x, h, k, r, b):
-    """One SGU layer: `(h', (a, z_c, s, c))`, the internals for backward."""
+    """One SGU layer: `(h', (a, s, c))`, the internals backward needs."""
     units = h.shape[-1]
     z = ops.matmul(x, k) + b
     a = z[:, :units] + ops.matmul(h, r)
-    zc = z[:, units:]
     s = 0.5 * (1.0 - ops.softsign(a))
-    c = ops.leaky_relu(zc, negative_slope=CANDIDATE_NEGATIVE_SLOPE)
-    return h + s * (c - h), (a, zc, s, c)
+    c = ops.leaky_relu(z[:, units:], negative_slope=CANDIDATE_NEGATIVE_SLOPE)
+    return h + s * (c - h), (a, s, c)
 
 
-def _layer_grad(delta, x, h, k, r, b):
+def _layer_grad(delta, x, h, k, r, a, s, c):
     """Gradients of one layer given δ at its output: (∂x, ∂h, ∂K, ∂R, ∂b)."""
-    _, (a, zc, s, c) = _layer(x, h, k, r, b)
     d_c = delta * s
-    d_s = delta * (c - h)
-    d_a = -0.5 * d_s / ops.square(1.0 + ops.abs(a))
-    d_zc = d_c * ops.where(zc > 0, 1.0, CANDIDATE_NEGATIVE_SLOPE)
+    d_a = (-0.5 * delta) * (c - h) / ops.square(1.0 + ops.abs(a))
+    # leaky_relu' from the sign of its output c (the same as that of z_c).
+    d_zc = d_c * ops.where(c > 0, 1.0, CANDIDATE_NEGATIVE_SLOPE)
     d_z = ops.concatenate([d_a, d_zc], axis=-1)
     # Products with a transposed operand as einsums: no transposed copies.
     d_h = delta * (1.0 - s) + ops.einsum("bj,ij->bi", d_a, r)
@@ -89,24 +91,30 @@ def _layer_grad(delta, x, h, k, r, b):
 
 
 def _forward(x, hs, ks, rs, bs):
-    """Layers written out: lists of per-layer tensors → list of new h."""
-    outs = []
+    """Layers written out, from lists of per-layer tensors.
+
+    Returns the list of new `h` and the lists of `a`, `s`, `c`."""
+    outs, saved = [], ([], [], [])
     for h, k, r, b in zip(hs, ks, rs, bs):
-        x, _ = _layer(x, h, k, r, b)
+        x, internals = _layer(x, h, k, r, b)
         outs.append(x)
-    return outs
+        for kept, value in zip(saved, internals):
+            kept.append(value)
+    return outs, saved
 
 
-def _backward(d_x, ups, inputs, hs, ks, rs, bs):
-    """Layers written out, last first: `d_x` is the gradient reaching the
-    last layer's output from above (None for none); returns the gradient at
-    the first layer's input and the per-layer (∂h, ∂K, ∂R, ∂b) lists."""
+def _backward(d_x, ups, inputs, hs, ks, rs, a_s, s_s, c_s):
+    """Layers written out, last first.
+
+    `d_x` is the gradient reaching the last layer's output from above (None
+    for none); returns the gradient at the first layer's input and the
+    per-layer lists (∂h, ∂K, ∂R, ∂b)."""
     n = len(hs)
     grads = [[None] * n for _ in range(4)]
     for l in reversed(range(n)):
         delta = ups[l] if d_x is None else ups[l] + d_x
         d_x, *layer_grads = _layer_grad(
-            delta, inputs[l], hs[l], ks[l], rs[l], bs[l]
+            delta, inputs[l], hs[l], ks[l], rs[l], a_s[l], s_s[l], c_s[l]
         )
         for g, value in zip(grads, layer_grads):
             g[l] = value
@@ -129,6 +137,16 @@ def _ungrouped(tensor):
     return ops.unstack(ops.reshape(tensor, (n,) + _rest(tensor.shape[2:])), n)
 
 
+def _unstacked(tensors, start, stop):
+    return [ops.unstack(t[start:stop], stop - start) for t in tensors]
+
+
+def _flat(tensor):
+    """`(n_groups, group, batch, units)` → `(n_groups·group, batch, units)`."""
+    n = tensor.shape[0] * tensor.shape[1]
+    return ops.reshape(tensor, (n,) + _rest(tensor.shape[2:]))
+
+
 @ops.custom_gradient
 def _sgu_run(x, states, kernel, recurrent_kernel, bias):
     depth, units = kernel.shape[0], kernel.shape[1]
@@ -137,39 +155,43 @@ def _sgu_run(x, states, kernel, recurrent_kernel, bias):
     looped = n_groups * group  # layers done by the loop; the rest written out
     # Per-layer states as (depth, batch, units).
     hs = ops.transpose(ops.reshape(states, (-1, depth, units)), (1, 0, 2))
-    weights = (kernel, recurrent_kernel, bias)
+    weights = (kernel, recurrent_kernel)
 
-    def unstacked(tensors, start, stop):
-        return [ops.unstack(t[start:stop], stop - start) for t in tensors]
-
-    outs = []
     x_l = x
+    looped_outs = []
     if n_groups:
 
         def forward(carry, per_group):
-            new = _forward(carry, *(ops.unstack(t, group) for t in per_group))
-            return new[-1], (ops.stack(new),)
+            new, internals = _forward(
+                carry, *(ops.unstack(t, group) for t in per_group)
+            )
+            return new[-1], tuple(ops.stack(v) for v in (new,) + internals)
 
-        x_l, (looped_outs,) = _loops.scan(
+        # Each (n_groups, group, batch, units): new h, then a, s, c.
+        x_l, (grouped_outs, *looped_saved) = _loops.scan(
             forward,
             x,
             tuple(_grouped(t[:looped], n_groups, group)
-                  for t in (hs,) + weights),
+                  for t in (hs, kernel, recurrent_kernel, bias)),
             n_groups,
         )
-        outs = _ungrouped(looped_outs)
-    tail = _forward(x_l, *unstacked((hs,) + weights, looped, depth))
-    outs = list(outs) + tail
+        looped_outs = _ungrouped(grouped_outs)
+    tail_outs, tail_saved = _forward(
+        x_l, *_unstacked((hs, kernel, recurrent_kernel, bias), looped, depth)
+    )
+    outs = looped_outs + tail_outs
     new_states = ops.concatenate(outs, axis=-1)
 
     def grad(*args, upstream=None):
         if upstream is None:
             (upstream,) = args
         ups = ops.split(upstream, depth, axis=-1)
-        inputs = [x] + outs[:-1]
         d_x, tail_grads = _backward(
-            None, ups[looped:], inputs[looped:],
-            *unstacked((hs,) + weights, looped, depth),
+            None,
+            ups[looped:],
+            ([x] + outs[:-1])[looped:],
+            *_unstacked((hs,) + weights, looped, depth),
+            *tail_saved,
         )
         grads = [list(g) for g in tail_grads]
         if n_groups:
@@ -182,15 +204,21 @@ def _sgu_run(x, states, kernel, recurrent_kernel, bias):
                 )
                 return d_x, tuple(ops.stack(g) for g in group_grads)
 
-            per_layer = (
-                ops.stack(ups[:looped]),
-                ops.stack(inputs[:looped]),
-                hs[:looped],
-            ) + tuple(w[:looped] for w in weights)
+            ups_looped = ops.transpose(
+                ops.reshape(upstream, (-1, depth, units))[:, :looped],
+                (1, 0, 2),
+            )
+            inputs_looped = ops.concatenate(
+                [x[None], _flat(grouped_outs)[:-1]], axis=0
+            )
+            per_layer = (ups_looped, inputs_looped, hs[:looped]) + tuple(
+                w[:looped] for w in weights
+            )
             d_x, looped_grads = _loops.scan(
                 backward,
                 d_x,
-                tuple(_grouped(t, n_groups, group) for t in per_layer),
+                tuple(_grouped(t, n_groups, group) for t in per_layer)
+                + tuple(looped_saved),
                 n_groups,
                 reverse=True,
             )
