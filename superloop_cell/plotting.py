@@ -64,12 +64,22 @@ def plot_traces(traces, path, sample=0, title=None):
             image = ax.imshow(matrix, aspect="auto", origin="lower",
                               interpolation="nearest", cmap="viridis")
             fig.colorbar(image, ax=ax, pad=0.01)
-        colors = ["white", "tab:red", "tab:orange"] if matrix is not None \
-            else [None] * len(lines)
-        for (line_name, values), color in zip(lines.items(), colors):
-            ax.plot(values, color=color, linewidth=1.5, label=line_name)
-        if lines:
+        # A position is in slot units and shares the heatmap's axis; other
+        # one-value traces (push, pop in [0, 1]) get an axis of their own.
+        on_slots = {k: v for k, v in lines.items()
+                    if matrix is None or k == "position"}
+        own_axis = {k: v for k, v in lines.items() if k not in on_slots}
+        for line_name, values in on_slots.items():
+            ax.plot(values, color="white" if matrix is not None else None,
+                    linewidth=1.5, label=line_name)
+        if on_slots:
             ax.legend(loc="upper left", fontsize=7)
+        if own_axis:
+            twin = ax.twinx()
+            for line_name, values in own_axis.items():
+                twin.plot(values, linewidth=1.2, label=line_name)
+            twin.set_ylim(-0.05, 1.05)
+            twin.legend(loc="upper right", fontsize=7)
         ax.set_title(label, fontsize=9)
         ax.set_ylabel(ylabel)
     axes[-1, 0].set_xlabel("step")
