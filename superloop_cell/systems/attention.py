@@ -36,7 +36,11 @@ class Attention(ExternalSystem):
         normalize: Whether to divide the weights by their sum. Default
             False.
         clip_position: Whether to keep `p_t` in `[0, positions − 1]` (the
-            gradient is zero where it is clipped). Default False.
+            gradient is zero where it is clipped). Default False. Beware
+            with many steps: the untrained head moves about +0.47 per step,
+            so after ~2·positions steps it sits clipped at the last slot
+            and no gradient reaches the control (seen in
+            `examples/find_last_two.py --clip-position`).
         **kwargs: Base `keras.layers.Layer` arguments.
     """
 
