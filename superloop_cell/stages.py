@@ -49,17 +49,12 @@ class CellStage:
         self.cell = cell
         self.structure = _state_structure(cell)
         self.state_sizes = _validation.flat_state_sizes("cell", self.structure)
-        size = getattr(cell, "output_size", None)
-        self.output_size = size if size is not None else self.state_sizes[0]
+        self.output_size = stages_output_size(cell)
 
     def build(self, input_dim):
         if not self.cell.built:
             self.cell.build((None, input_dim))
             self.cell.built = True
-
-    @property
-    def sgu_cells(self):
-        return [self.cell] if _is_sgu(self.cell) else []
 
     def __call__(self, x, states, training=False):
         nested = keras.tree.pack_sequence_as(self.structure, list(states))
@@ -211,10 +206,6 @@ class SGURunStage:
         # 10 ms per train step).
         for cell in self.cells:
             cell.built = True
-
-    @property
-    def sgu_cells(self):
-        return self.cells
 
     def __call__(self, x, states, training=False):
         y, new_states = self.stack(x, states[0])
