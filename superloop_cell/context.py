@@ -167,13 +167,12 @@ def initial_state(cell, sequences, contexts=()):
         )
     if not isinstance(contexts, (list, tuple)):
         contexts = [contexts]
+    # The state index of every system's states, from the cell's own layout.
+    layout = cell.split_states(range(len(cell.state_size)))["systems"]
     slots, shapes, names = [], [], []
-    slot = 1 if cell.systems else 0
-    slot += sum(len(stage.state_sizes) for stage in cell._stages)
-    for i, system in enumerate(cell.systems):
-        slot += len(system.state_size)
+    for i, (system, indices) in enumerate(zip(cell.systems, layout)):
         if system.context_shape is not None:
-            slots.append(slot - 1)
+            slots.append(indices[-1])  # a context is its system's last state
             shapes.append(tuple(system.context_shape))
             names.append(f"systems[{i}] ({type(system).__name__})")
     if len(contexts) != len(slots):

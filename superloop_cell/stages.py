@@ -43,10 +43,14 @@ def _state_structure(cell):
 
 
 class CellStage:
-    """One Keras RNN cell as a stage: its states are flattened at the edge."""
+    """One Keras RNN cell as a stage: its states are flattened at the edge.
 
-    def __init__(self, cell):
+    `indices`: the position of the cell in the superloop's `cells`.
+    """
+
+    def __init__(self, cell, index):
         self.cell = cell
+        self.indices = [index]
         self.structure = _state_structure(cell)
         self.state_sizes = _validation.flat_state_sizes("cell", self.structure)
         self.output_size = stages_output_size(cell)
@@ -65,7 +69,7 @@ class CellStage:
 
     def gates(self, x, states):
         """The SGU gate `f` of this step, or `[]` for other cells."""
-        if not _is_sgu(self.cell):
+        if not is_sgu(self.cell):
             return []
         c = self.cell
         z = ops.matmul(x, c.kernel) + c.bias
@@ -180,10 +184,14 @@ class SGUStack(keras.layers.Layer):
 
 
 class SGURunStage:
-    """A run of same-width `SGUCell`s, computed by one `SGUStack`."""
+    """A run of same-width `SGUCell`s, computed by one `SGUStack`.
 
-    def __init__(self, cells, name):
+    `indices`: the positions of the run's cells in the superloop's `cells`.
+    """
+
+    def __init__(self, cells, first_index, name):
         self.cells = cells
+        self.indices = list(range(first_index, first_index + len(cells)))
         units = cells[0].units
         self.stack = SGUStack(
             depth=len(cells),
@@ -224,7 +232,8 @@ class SGURunStage:
         return gates
 
 
-def _is_sgu(cell):
+def is_sgu(cell):
+    """Whether `cell` is exactly an `SGUCell` (a subclass may differ)."""
     return type(cell) is SGUCell
 
 
@@ -235,31 +244,28 @@ def plan_stages(cells, fused):
     after `cells[0]` (whose input width is only known at build), each reading
     a previous output of its own width.
     """
-    stages = [CellStage(cells[0])]
-    stages[0].indices = [0]
+    stages = [CellStage(cells[0], 0)]
     i = 1
     n_runs = 0
     while i < len(cells):
         j = i
-        if fused and _is_sgu(cells[i]):
+        if fused and is_sgu(cells[i]):
             units = cells[i].units
             while (
                 j < len(cells)
-                and _is_sgu(cells[j])
+                and is_sgu(cells[j])
                 and cells[j].units == units
                 and stages_output_size(cells[j - 1]) == units
             ):
                 j += 1
         if j - i >= MIN_FUSED_RUN:
             stages.append(
-                SGURunStage(cells[i:j], name=f"sgu_stack_{n_runs}")
+                SGURunStage(cells[i:j], i, name=f"sgu_stack_{n_runs}")
             )
-            stages[-1].indices = list(range(i, j))
             n_runs += 1
             i = j
         else:
-            stages.append(CellStage(cells[i]))
-            stages[-1].indices = [i]
+            stages.append(CellStage(cells[i], i))
             i += 1
     return stages
 

@@ -27,8 +27,12 @@ import keras
 from keras import ops
 
 from superloop_cell import _validation
-from superloop_cell.cells.sgu import SGUCell
-from superloop_cell.stages import SGURunStage, plan_stages, stages_output_size
+from superloop_cell.stages import (
+    SGURunStage,
+    is_sgu,
+    plan_stages,
+    stages_output_size,
+)
 from superloop_cell.systems.base import ExternalSystem
 
 
@@ -113,7 +117,7 @@ def _component_names(cells, systems):
     seen = {}
 
     def name_of(obj, numbered):
-        base = "sgu" if type(obj) is SGUCell else _snake(type(obj).__name__)
+        base = "sgu" if is_sgu(obj) else _snake(type(obj).__name__)
         count = seen.get(base, 0)
         seen[base] = count + 1
         if numbered or base == "sgu":
@@ -305,7 +309,7 @@ class SuperloopCell(keras.layers.Layer):
     def _trace_layout(self):
         layout = []
         for i, cell in enumerate(self.cells):
-            if type(cell) is SGUCell:
+            if is_sgu(cell):
                 layout.append((f"{self.component_names['cells'][i]}/gate",
                                cell.units))
         for name, system in zip(self.component_names["systems"], self.systems):
