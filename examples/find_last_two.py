@@ -84,7 +84,8 @@ def build_superloop(args):
         [sc.SGUCell(args.units) for _ in range(args.depth)],
         [sc.Attention(POSITIONS, 1, falloff=args.falloff,
                       normalize=args.normalize,
-                      clip_position=args.clip_position)],
+                      clip_position=args.clip_position,
+                      sharpness=args.sharpness)],
     )
     steps = keras.Input((args.steps, 0), name="steps")
     data = keras.Input((POSITIONS, 1), name="data")
@@ -129,8 +130,10 @@ def parse_args(argv):
     parser.add_argument("--units", type=int, default=32,
                         help="units per SGU layer")
     parser.add_argument("--depth", type=int, default=3, help="SGU layers")
-    parser.add_argument("--falloff", choices=("linear", "squared"),
+    parser.add_argument("--falloff", choices=("linear", "squared", "gaussian"),
                         default="squared", help="attention falloff")
+    parser.add_argument("--sharpness", type=float, default=1.0,
+                        help="attention sharpness (distance scale)")
     parser.add_argument("--normalize", action=argparse.BooleanOptionalAction,
                         default=True, help="normalise the attention weights")
     parser.add_argument("--clip-position",
@@ -172,7 +175,8 @@ def main(argv=None):
     model, cell = build_superloop(args)
     compile_model(model, args)
     print(f"superloop: {args.depth}×SGUCell({args.units}), Attention("
-          f"{POSITIONS}, 1, falloff={args.falloff!r}, normalize="
+          f"{POSITIONS}, 1, falloff={args.falloff!r}, sharpness="
+          f"{args.sharpness}, normalize="
           f"{args.normalize}, clip_position={args.clip_position}), "
           f"{args.steps} steps, {model.count_params()} parameters")
     test_inputs = [test_no_input, test_data]

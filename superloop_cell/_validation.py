@@ -22,6 +22,24 @@ def positive_int(name, value):
     return int(value)
 
 
+def positive_float(name, value):
+    """Returns `value` as a `float`, or raises `ValueError` naming `name`.
+
+    Accepts any finite real number above 0 (not a bool)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not value > 0
+        or value == float("inf")
+    ):
+        raise ValueError(
+            f"Received an invalid value for argument `{name}`: expected a "
+            f"positive finite number, got {value!r} "
+            f"(type {type(value).__name__})."
+        )
+    return float(value)
+
+
 def boolean(name, value):
     """Returns `value`, or raises `TypeError` naming `name`."""
     if not isinstance(value, bool):

@@ -39,17 +39,20 @@ def register_memory_step(control, memory, depth, width):
 
 
 def attention_step(control, position, data, falloff="linear",
-                   normalize=False, clip_position=False):
+                   normalize=False, clip_position=False, sharpness=1.0):
     """position: (batch, 1); data: (batch, positions, width)."""
     positions = data.shape[1]
     p = position + softsign(control)
     if clip_position:
         p = np.clip(p, 0, positions - 1)
     n = np.arange(positions)[None, :]
+    d = sharpness * (p - n)
     if falloff == "linear":
-        w = 1.0 / (1.0 + np.abs(p - n))
+        w = 1.0 / (1.0 + np.abs(d))
+    elif falloff == "squared":
+        w = 1.0 / (1.0 + d ** 2)
     else:
-        w = 1.0 / (1.0 + (p - n) ** 2)
+        w = np.exp(-d ** 2)
     if normalize:
         w = w / w.sum(axis=-1, keepdims=True)
     out = np.einsum("bn,bnw->bw", w, data)

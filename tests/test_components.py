@@ -79,14 +79,17 @@ def test_register_memory_constructed_case_store_then_recall():
     np.testing.assert_allclose(out, data, atol=ATOL)
 
 
-@pytest.mark.parametrize("falloff", ["linear", "squared"])
+@pytest.mark.parametrize("falloff,sharpness", [
+    ("linear", 1.0), ("squared", 1.0), ("squared", 2.5), ("gaussian", 1.0),
+    ("gaussian", 3.0)])
 @pytest.mark.parametrize("normalize", [False, True])
 @pytest.mark.parametrize("clip_position", [False, True])
-def test_attention_matches_numpy_step_by_step(falloff, normalize,
+def test_attention_matches_numpy_step_by_step(falloff, sharpness, normalize,
                                               clip_position):
     positions, width, batch = 6, 2, 3
     attention = sc.Attention(positions, width, falloff=falloff,
-                             normalize=normalize, clip_position=clip_position)
+                             normalize=normalize, clip_position=clip_position,
+                             sharpness=sharpness)
     rng = np.random.default_rng(4)
     data = rng.normal(size=(batch, positions, width)).astype("f4")
     position = np.zeros((batch, 1), "f4")
@@ -97,7 +100,7 @@ def test_attention_matches_numpy_step_by_step(falloff, normalize,
         control = rng.normal(0, 3, (batch, 1)).astype("f4") + 3.0
         out, state = attention(control, state)
         out_ref, p_ref = attention_step(control, p_ref, data, falloff,
-                                        normalize, clip_position)
+                                        normalize, clip_position, sharpness)
         np.testing.assert_allclose(out, out_ref, atol=ATOL)
         np.testing.assert_allclose(state[0], p_ref, atol=ATOL)
         np.testing.assert_array_equal(state[1], data.reshape(batch, -1))
@@ -105,6 +108,31 @@ def test_attention_matches_numpy_step_by_step(falloff, normalize,
         assert np.all(p_ref <= positions - 1) and np.all(p_ref >= 0)
     else:
         assert np.any(p_ref > positions - 1)  # the options really differ
+
+
+def test_normalised_gaussian_far_outside_reads_the_nearest_slot():
+    # exp(−d²) underflows to 0 for every slot this far away; the weights are
+    # computed shifted by the nearest slot, so the read stays finite.
+    attention = sc.Attention(4, 1, falloff="gaussian", sharpness=3.0,
+                             normalize=True)
+    data = np.array([[[1.0], [2.0], [3.0], [4.0]]], "f4")
+    for start, nearest in ((60.0, 4.0), (-60.0, 1.0)):
+        position = np.array([[start]], "f4")
+        control = np.zeros((1, 1), "f4")
+        out, _ = attention(control, [position, data.reshape(1, -1)])
+        np.testing.assert_allclose(out, [[nearest]], atol=ATOL)
+    grads = _gradients(attention, np.array([[60.0]], "f4"), data)
+    assert all(np.all(np.isfinite(g)) for g in grads)
+
+
+def _gradients(attention, position, data):
+    import tensorflow as tf
+
+    position = tf.Variable(position)
+    control = tf.Variable(np.full((1, 1), 0.3, "f4"))
+    with tf.GradientTape() as tape:
+        out, _ = attention(control, [position, data.reshape(1, -1)])
+    return [g.numpy() for g in tape.gradient(out, [position, control])]
 
 
 def test_attention_weights_trace_matches_definition():

@@ -1,6 +1,8 @@
 """Bad input: a clear ValueError/TypeError naming the argument, raised
 before any computation."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -29,6 +31,11 @@ def test_attention_options_are_checked():
         sc.Attention(3, 1, falloff="cubic")
     with pytest.raises(TypeError, match="`normalize`.*'yes'"):
         sc.Attention(3, 1, normalize="yes")
+    for bad in (0, -1.5, float("inf"), float("nan"), "2", True):
+        with pytest.raises(ValueError, match="`sharpness`.*positive finite "
+                                             "number, got " + re.escape(
+                                                 repr(bad))):
+            sc.Attention(3, 1, sharpness=bad)
 
 
 def test_empty_cells():

@@ -137,12 +137,13 @@ def _split_depth(depth):
 
 
 def _walk_forward(x, hs, kernel, addends):
-    """The forward chain over all layers: `(new_states, zs)`, each stacked
-    along the layer axis, `(depth, batch, units)` and `(depth, batch, 2u)`."""
+    """The forward chain over all layers: `(new_states, zs)`, the new states
+    `(batch, depth·units)` as the run returns them and the pre-activations
+    stacked along the layer axis, `(depth, batch, 2·units)`."""
     depth = kernel.shape[0]
     n_groups, group = _split_depth(depth)
     looped = n_groups * group
-    outs, zs = [], []
+    new_states, zs = [], []
     if n_groups:
 
         def step(carry, per_group):
@@ -158,17 +159,20 @@ def _walk_forward(x, hs, kernel, addends):
                   for t in (hs, kernel, addends)),
             n_groups,
         )
-        outs, zs = [_ungrouped(grouped_outs)], [_ungrouped(grouped_zs)]
+        new_states.append(_flat(_ungrouped(grouped_outs)))
+        zs.append(_ungrouped(grouped_zs))
     if looped < depth:
         tail = depth - looped
         tail_outs, tail_zs = _forward_chain(
             x, *(ops.unstack(t[looped:], tail) for t in (hs, kernel, addends))
         )
-        outs.append(ops.stack(tail_outs))
+        new_states.extend(tail_outs)
         zs.append(ops.stack(tail_zs))
-    if len(outs) == 1:
-        return outs[0], zs[0]
-    return ops.concatenate(outs, axis=0), ops.concatenate(zs, axis=0)
+    new_states = (
+        new_states[0] if len(new_states) == 1
+        else ops.concatenate(new_states, axis=-1)
+    )
+    return new_states, zs[0] if len(zs) == 1 else ops.concatenate(zs, axis=0)
 
 
 def _walk_backward(ups, kernel, local_derivatives):
@@ -220,8 +224,7 @@ def _sgu_run(x, states, kernel, recurrent_kernel, bias):
     addends = ops.concatenate(
         [recurrent, ops.zeros_like(recurrent) + candidate_bias], axis=-1
     )
-    new_hs, zs = _walk_forward(x, hs, kernel, addends)
-    new_states = _flat(new_hs)
+    new_states, zs = _walk_forward(x, hs, kernel, addends)
 
     def grad(*args, upstream=None):
         if upstream is None:
@@ -241,6 +244,7 @@ def _sgu_run(x, states, kernel, recurrent_kernel, bias):
         # Everything that can wait for the whole chain, all layers at once.
         d_z = ops.concatenate([deltas, deltas], axis=-1) * local_derivatives
         d_a = d_z[..., :units]
+        new_hs = _by_layer(new_states, depth, units)
         inputs = ops.concatenate([x[None], new_hs[:-1]], axis=0)
         d_kernel = ops.einsum("lbi,lbj->lij", inputs, d_z)
         d_recurrent = ops.einsum("lbi,lbj->lij", hs, d_a)

@@ -6,7 +6,7 @@ from keras import ops
 from superloop_cell import _validation
 from superloop_cell.systems.base import ExternalSystem
 
-FALLOFFS = ("linear", "squared")
+FALLOFFS = ("linear", "squared", "gaussian")
 
 
 @keras.saving.register_keras_serializable(package="superloop_cell")
@@ -17,7 +17,8 @@ class Attention(ExternalSystem):
     `(batch, positions, width)` and `p_0 = 0`:
 
         p_t    = p_{t−1} + softsign(control)               (batch, 1)
-        w_n    = 1 / (1 + |p_t − n|)        n = 0 … positions − 1
+        d_n    = sharpness · (p_t − n)      n = 0 … positions − 1
+        w_n    = 1 / (1 + |d_n|)            (the "linear" falloff)
         output = Σ_n w_n · data_n                          (batch, width)
 
     The position is a state, so `keras.layers.RNN(..., return_state=True)`
@@ -31,8 +32,16 @@ class Attention(ExternalSystem):
     Args:
         positions: Positive integer, number of data slots.
         width: Positive integer, values per slot.
-        falloff: `"linear"` (default) for `1/(1 + |p − n|)`, `"squared"`
-            for `1/(1 + (p − n)²)`.
+        falloff: How a slot's weight falls with its distance `d_n`:
+            `"linear"` (default) `1/(1 + |d|)`, `"squared"` `1/(1 + d²)`,
+            `"gaussian"` `exp(−d²)`. The first two have long tails (at
+            sharpness 1 the nearest slot gets only about a third of the
+            normalised weight); the gaussian has none.
+        sharpness: Positive float, the scale of the distance (default 1.0).
+            Larger values read a narrower window: with `"gaussian"` and
+            sharpness 3, a head on a slot reads that slot with weight
+            0.9998 once normalised, and a head half-way between two slots
+            reads their mean.
         normalize: Whether to divide the weights by their sum. Default
             False.
         clip_position: Whether to keep `p_t` in `[0, positions − 1]` (the
@@ -51,6 +60,7 @@ class Attention(ExternalSystem):
         falloff="linear",
         normalize=False,
         clip_position=False,
+        sharpness=1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -59,6 +69,7 @@ class Attention(ExternalSystem):
         self.falloff = _validation.choice("falloff", falloff, FALLOFFS)
         self.normalize = _validation.boolean("normalize", normalize)
         self.clip_position = _validation.boolean("clip_position", clip_position)
+        self.sharpness = _validation.positive_float("sharpness", sharpness)
         self.control_size = 1
         self.output_size = self.width
         self.context_shape = (self.positions, self.width)
@@ -74,11 +85,19 @@ class Attention(ExternalSystem):
         if self.clip_position:
             position = ops.clip(position, 0.0, float(self.positions - 1))
         slots = ops.arange(self.positions, dtype=position.dtype)
-        distance = position - slots[None, :]
+        distance = self.sharpness * (position - slots[None, :])
         if self.falloff == "linear":
             weights = 1.0 / (1.0 + ops.abs(distance))
-        else:
+        elif self.falloff == "squared":
             weights = 1.0 / (1.0 + ops.square(distance))
+        elif self.normalize:
+            # A softmax over −d², shifted by its largest term: a head far
+            # outside the slots would otherwise underflow every weight to 0.
+            square = ops.square(distance)
+            nearest = ops.min(square, axis=-1, keepdims=True)
+            weights = ops.exp(nearest - square)
+        else:
+            weights = ops.exp(-ops.square(distance))
         if self.normalize:
             weights = weights / ops.sum(weights, axis=-1, keepdims=True)
         return position, weights
@@ -102,4 +121,5 @@ class Attention(ExternalSystem):
             "falloff": self.falloff,
             "normalize": self.normalize,
             "clip_position": self.clip_position,
+            "sharpness": self.sharpness,
         }
