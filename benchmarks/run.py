@@ -164,7 +164,8 @@ class Variant:
 VARIANTS = {
     "looped": Variant(
         build_looped,
-        "SuperloopCell (default, fused) in keras.layers.RNN, jit_compile=False",
+        "SuperloopCell (default construction: fused='auto') in keras.layers.RNN, "
+        "jit_compile=False",
         "sgu",
     ),
     "looped_xla": Variant(

@@ -22,6 +22,14 @@ from superloop_cell.cells.sgu_run import sgu_run
 from superloop_cell.cells.sgu import SGUCell, sgu_forget_gate, sgu_update
 
 MIN_FUSED_RUN = 2
+# With `fused="auto"` (the default) only runs of this many layers or more are
+# fused. Measured by `benchmarks/fused_threshold.py` (2-core CPU, TensorFlow
+# 2.21, 16 units, batch 256, T 64): the fused run's batched ops cost a fixed
+# ~0.5 ms per step, so its steady step is 1.4× the plain cells' at 4 and 8
+# layers, 1.24× at 12 and level (1.04×) at 16, while its first step is 2×
+# shorter from 8 layers on. The steady step decides a training run.
+AUTO_FUSED_RUN = 15
+FUSED_CHOICES = (True, False, "auto")
 
 
 class _StackedInitializer(keras.initializers.Initializer):
@@ -240,10 +248,13 @@ def is_sgu(cell):
 def plan_stages(cells, fused):
     """Splits `cells` into stages: fused SGU runs where allowed, else cells.
 
-    A run is `MIN_FUSED_RUN` or more consecutive `SGUCell`s of one width,
-    after `cells[0]` (whose input width is only known at build), each reading
-    a previous output of its own width.
+    A run is consecutive `SGUCell`s of one width, after `cells[0]` (whose
+    input width is only known at build), each reading a previous output of
+    its own width. With `fused=True` every run of `MIN_FUSED_RUN` or more
+    layers is fused, with `"auto"` every run of `AUTO_FUSED_RUN` or more,
+    with False none.
     """
+    shortest = AUTO_FUSED_RUN if fused == "auto" else MIN_FUSED_RUN
     stages = [CellStage(cells[0], 0)]
     i = 1
     n_runs = 0
@@ -258,7 +269,7 @@ def plan_stages(cells, fused):
                 and stages_output_size(cells[j - 1]) == units
             ):
                 j += 1
-        if j - i >= MIN_FUSED_RUN:
+        if j - i >= shortest:
             stages.append(
                 SGURunStage(cells[i:j], i, name=f"sgu_stack_{n_runs}")
             )

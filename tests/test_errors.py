@@ -38,6 +38,15 @@ def test_attention_options_are_checked():
             sc.Attention(3, 1, sharpness=bad)
 
 
+@pytest.mark.parametrize("bad, error", [
+    ("always", ValueError), ("Auto", ValueError), (1, TypeError),
+    (None, TypeError), (np.bool_(True), TypeError)])
+def test_fused_is_checked(bad, error):
+    with pytest.raises(error, match="`fused` must be True, False or 'auto', "
+                                    "got " + re.escape(repr(bad))):
+        sc.SuperloopCell([sc.SGUCell(3)] * 3, fused=bad)
+
+
 def test_empty_cells():
     with pytest.raises(ValueError, match="`cells`.*empty list"):
         sc.SuperloopCell([], [sc.RegisterMemory(2, 2)])

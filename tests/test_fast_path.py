@@ -43,7 +43,7 @@ def test_graph_does_not_grow_with_depth():
 
 def test_fit_on_padded_dataset_does_not_retrace_per_length():
     cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(6)],
-                            [sc.RegisterMemory(2, 3)])
+                            [sc.RegisterMemory(2, 3)], fused=True)
     inp = keras.Input((None, 2))
     out = keras.layers.Dense(1)(keras.layers.RNN(
         cell, return_sequences=True)(inp))

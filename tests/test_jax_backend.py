@@ -18,7 +18,7 @@ pytest.importorskip("jax")
 def test_tensorflow_saved_model_runs_on_jax(tmp_path):
     cell = sc.SuperloopCell([sc.SGUCell(6) for _ in range(6)],
                             [sc.RegisterMemory(2, 3), sc.Attention(4, 1),
-                             sc.NeuralStack(2, 3)])
+                             sc.NeuralStack(2, 3)], fused=True)
     seq = keras.Input((None, 2))
     data = keras.Input((4, 1))
     states = sc.initial_state(cell, seq, data)

@@ -118,12 +118,26 @@ def test_fused_equals_unfused_outputs_states_and_gradients(
                                    atol=ATOL)
 
 
+@pytest.mark.parametrize("fused, depth, runs", [
+    ("auto", 15, 0), ("auto", 16, 1), (True, 3, 1), (False, 16, 0)])
+def test_which_runs_are_fused(fused, depth, runs):
+    # "auto" (the default) fuses runs of 15 or more SGU layers after
+    # cells[0], i.e. stacks of 16 or more.
+    cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(depth)],
+                            fused=fused)
+    assert len(cell.fused_stacks) == runs
+    assert sc.SuperloopCell([sc.SGUCell(4)]).fused == "auto"
+    restored = sc.SuperloopCell.from_config(cell.get_config())
+    assert restored.fused == fused
+    assert len(restored.fused_stacks) == runs
+
+
 def test_mixed_cells_fall_back_and_match_step_by_step():
     # A GRUCell and an LSTMCell among SGUCells: only same-width SGU runs fuse.
     cells = [sc.SGUCell(4), sc.SGUCell(4), sc.SGUCell(4),
              keras.layers.GRUCell(4), keras.layers.LSTMCell(5),
              sc.SGUCell(5), sc.SGUCell(5), keras.layers.SimpleRNNCell(3)]
-    cell = sc.SuperloopCell(cells, [sc.RegisterMemory(2, 2)])
+    cell = sc.SuperloopCell(cells, [sc.RegisterMemory(2, 2)], fused=True)
     kinds = [type(s).__name__ for s in cell._stages]
     assert kinds == ["CellStage", "SGURunStage", "CellStage", "CellStage",
                      "SGURunStage", "CellStage"]
@@ -190,7 +204,7 @@ def test_masking_layer_padding_equals_each_sequence_alone(monkeypatch):
     # 7 SGU layers: the fused run of 6 takes the looped path.
     _loop_runs_deeper_than_4(monkeypatch)
     cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(7)],
-                            [sc.RegisterMemory(2, 3)])
+                            [sc.RegisterMemory(2, 3)], fused=True)
     seq = keras.Input((None, 2))
     masked = keras.layers.Masking(0.0)(seq)
     outputs = keras.layers.RNN(cell, return_sequences=True,
@@ -203,7 +217,8 @@ def test_masking_layer_padding_equals_each_sequence_alone(monkeypatch):
 def test_explicit_mask_with_context_equals_each_sequence_alone():
     # With `initial_state`, Keras drops a Masking layer's mask: pass `mask=`.
     cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(3)],
-                            [sc.RegisterMemory(2, 3), sc.Attention(4, 1)])
+                            [sc.RegisterMemory(2, 3), sc.Attention(4, 1)],
+                            fused=True)
     seq = keras.Input((None, 2))
     data = keras.Input((4, 1))
     states = sc.initial_state(cell, seq, data)
@@ -217,7 +232,7 @@ def test_explicit_mask_with_context_equals_each_sequence_alone():
 
 def test_one_model_runs_short_and_long_sequences_without_rebuild():
     cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(3)],
-                            [sc.RegisterMemory(2, 3)])
+                            [sc.RegisterMemory(2, 3)], fused=True)
     model = rnn_model(cell, 2, return_sequences=True)
     weights_before = [w.path for w in model.weights]
     for steps in (3, 300):
@@ -229,7 +244,7 @@ def test_one_model_runs_short_and_long_sequences_without_rebuild():
 def test_no_external_input_only_length_matters():
     # The older project's `model_inputs = 0`: inputs of width 0.
     cell = sc.SuperloopCell([sc.SGUCell(6), sc.SGUCell(6)],
-                            [sc.Attention(8, 1)])
+                            [sc.Attention(8, 1)], fused=True)
     steps = keras.Input((None, 0))
     data = keras.Input((8, 1))
     states = sc.initial_state(cell, steps, data)
@@ -256,7 +271,8 @@ def test_gradients_match_finite_differences():
     keras.config.set_floatx("float64")
     try:
         cell = sc.SuperloopCell([sc.SGUCell(3), sc.SGUCell(3), sc.SGUCell(3)],
-                                [sc.RegisterMemory(2, 2), sc.Attention(3, 1)])
+                                [sc.RegisterMemory(2, 2), sc.Attention(3, 1)],
+                                fused=True)
         model = _attention_model(cell, 4, 2, 3, 1, return_sequences=True)
         randomize(cell, seed=8)
         rng = np.random.default_rng(9)
@@ -295,7 +311,8 @@ def test_gradients_match_finite_differences():
 def test_no_nan_or_inf(case):
     steps = 2000 if case == "long" else 20
     cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(3)],
-                            [sc.RegisterMemory(2, 3), sc.Attention(4, 2)])
+                            [sc.RegisterMemory(2, 3), sc.Attention(4, 2)],
+                            fused=True)
     model = _attention_model(cell, None, 2, 4, 2, return_sequences=True)
     value = {"zeros": 0.0, "plus_1e4": 1e4, "minus_1e4": -1e4}.get(case, 1.0)
     x = tf.constant(np.full((2, steps, 2), value, "float32"))
@@ -320,7 +337,8 @@ def test_save_and_load_keras_file_gives_identical_outputs(tmp_path):
         [sc.SGUCell(4), sc.SGUCell(4), sc.SGUCell(4),
          keras.layers.LSTMCell(3)],
         [sc.RegisterMemory(2, 3), sc.Attention(4, 1, falloff="squared",
-                                               normalize=True)])
+                                               normalize=True)],
+        fused=True)
     model = _attention_model(cell, None, 2, 4, 1, return_sequences=True)
     randomize(cell, seed=10)
     rng = np.random.default_rng(11)
@@ -359,7 +377,7 @@ def test_fit_lowers_loss_on_a_learnable_task(jit_compile):
     x = rng.normal(size=(128, 12, 1)).astype("f4")
     y = np.cumsum(x, axis=1) / 4.0
     cell = sc.SuperloopCell([sc.SGUCell(8) for _ in range(3)],
-                            [sc.RegisterMemory(2, 4)])
+                            [sc.RegisterMemory(2, 4)], fused=True)
     inp = keras.Input((None, 1))
     out = keras.layers.Dense(1)(
         keras.layers.RNN(cell, return_sequences=True)(inp))

@@ -52,7 +52,7 @@ def _tiny_model():
     cell = sc.SuperloopCell(
         [sc.SGUCell(8) for _ in range(3)],
         [sc.RegisterMemory(2, 4), sc.Attention(POSITIONS, 1),
-         sc.NeuralStack(2, 4)])
+         sc.NeuralStack(2, 4)], fused=True)
     seq = keras.Input((None, 2))
     data = keras.Input((POSITIONS, 1))
     states = sc.initial_state(cell, seq, data)
@@ -347,9 +347,10 @@ def test_example_logs_in_a_real_tensorboard(tmp_path, capsys):
         png = _get(port, "data/plugin/images/individualImage?"
                    + first["query"])
         assert _decode(png).shape[2] == 3
-        # The served op graph holds the loop body's scopes.
+        # The served op graph holds the loop body's scopes (the example's
+        # three SGU layers are not fused under the default fused="auto").
         graph = _get(port, "data/plugin/graphs/graph", run="train").decode()
-        for scope in ["sgu_0", "sgu_1_to_2", "attention", "register_memory",
+        for scope in ["sgu_0", "sgu_1", "sgu_2", "attention", "register_memory",
                       "neural_stack", "control"]:
             assert re.search(rf"while/superloop_cell(_\d+)?/{scope}"
                              r"(_\d+)?/", graph), scope

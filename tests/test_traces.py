@@ -16,7 +16,7 @@ def _cell(trace=False):
     return sc.SuperloopCell(
         [sc.SGUCell(5) for _ in range(3)],
         [sc.RegisterMemory(2, 3), sc.Attention(6, 1), sc.NeuralStack(2, 4)],
-        trace=trace)
+        trace=trace, fused=True)
 
 
 def test_trace_off_by_default_and_output_is_y():
@@ -27,7 +27,8 @@ def test_trace_off_by_default_and_output_is_y():
 
 def test_traced_copy_matches_numpy_references():
     cell = sc.SuperloopCell([sc.SGUCell(5) for _ in range(3)],
-                            [sc.RegisterMemory(2, 3), sc.Attention(6, 1)])
+                            [sc.RegisterMemory(2, 3), sc.Attention(6, 1)],
+                            fused=True)
     seq = keras.Input((None, 2))
     data = keras.Input((6, 1))
     states = sc.initial_state(cell, seq, data)
