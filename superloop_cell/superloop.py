@@ -223,8 +223,8 @@ class SuperloopCell(keras.layers.Layer):
         self.cells = list(cells)
         self.systems = list(systems)
         if not isinstance(fused, (bool, str)) or fused not in FUSED_CHOICES:
-            error = TypeError if not isinstance(fused, (bool, str)) else ValueError
-            raise error(
+            wrong_type = not isinstance(fused, (bool, str))
+            raise (TypeError if wrong_type else ValueError)(
                 f"Argument `fused` must be True, False or 'auto', got "
                 f"{fused!r} (type {type(fused).__name__})."
             )

@@ -125,6 +125,41 @@ def test_normalised_gaussian_far_outside_reads_the_nearest_slot():
     assert all(np.all(np.isfinite(g)) for g in grads)
 
 
+
+def test_attention_read_gradient_off_reads_the_same_without_gradient():
+    data = np.array([[[1.0], [5.0], [2.0], [7.0]]], "f4")
+    position = np.array([[0.8]], "f4")
+    control = np.full((1, 1), 0.3, "f4")
+    reads = {}
+    for flag in (True, False):
+        attention = sc.Attention(4, 1, falloff="gaussian", sharpness=2.0,
+                                 normalize=True, read_gradient=flag)
+        assert sc.Attention.from_config(
+            attention.get_config()).read_gradient is flag
+        reads[flag], state = attention(control, [position,
+                                                 data.reshape(1, -1)])
+        grad_position, grad_control = _gradients(attention, position, data)
+        if flag:
+            assert abs(grad_position[0, 0]) > 1e-3
+        else:
+            np.testing.assert_array_equal(grad_position, 0.0)
+            np.testing.assert_array_equal(grad_control, 0.0)
+        # The position itself keeps its path: ∂p_t/∂control = softsign'.
+        grad = _position_gradient(attention, position, control, data)
+        np.testing.assert_allclose(grad, 1.0 / (1.0 + 0.3) ** 2, rtol=1e-5)
+    np.testing.assert_allclose(reads[True], reads[False], atol=ATOL)
+
+
+def _position_gradient(attention, position, control, data):
+    import tensorflow as tf
+
+    control = tf.Variable(control)
+    with tf.GradientTape() as tape:
+        _, (new_position, _) = attention(control, [position,
+                                                   data.reshape(1, -1)])
+    return tape.gradient(new_position, control).numpy()
+
+
 def _gradients(attention, position, data):
     import tensorflow as tf
 
@@ -132,7 +167,9 @@ def _gradients(attention, position, data):
     control = tf.Variable(np.full((1, 1), 0.3, "f4"))
     with tf.GradientTape() as tape:
         out, _ = attention(control, [position, data.reshape(1, -1)])
-    return [g.numpy() for g in tape.gradient(out, [position, control])]
+    grads = tape.gradient(out, [position, control],
+                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return [g.numpy() for g in grads]
 
 
 def test_attention_weights_trace_matches_definition():

@@ -31,6 +31,8 @@ def test_attention_options_are_checked():
         sc.Attention(3, 1, falloff="cubic")
     with pytest.raises(TypeError, match="`normalize`.*'yes'"):
         sc.Attention(3, 1, normalize="yes")
+    with pytest.raises(TypeError, match="`read_gradient`.*'no'"):
+        sc.Attention(3, 1, read_gradient="no")
     for bad in (0, -1.5, float("inf"), float("nan"), "2", True):
         with pytest.raises(ValueError, match="`sharpness`.*positive finite "
                                              "number, got " + re.escape(

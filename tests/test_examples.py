@@ -29,6 +29,15 @@ SMOKE = {
         ["test_accuracy", "baseline_test_accuracy", "train_seconds",
          "wall_seconds"],
     ),
+    "find_last_two_options": (
+        find_last_two,
+        ["--steps", "6", "--units", "4", "--depth", "2",
+         "--train-samples", "32", "--test-samples", "16", "--epochs", "2",
+         "--batch-size", "16", "--max-gap", "2", "--curriculum",
+         "--falloff", "gaussian", "--sharpness", "8", "--no-read-gradient",
+         "--no-baseline"],
+        ["test_accuracy", "train_seconds", "wall_seconds"],
+    ),
     "associative_recall": (
         associative_recall,
         ["--pairs", "2", "--keys", "4", "--values", "3", "--units", "4",
@@ -67,7 +76,7 @@ def test_script_runs_and_writes_its_files(name, tmp_path):
     for filename in ("model.keras", "traces.png", "summary.json"):
         assert (out / filename).stat().st_size > 0, filename
     written = json.loads((out / "summary.json").read_text())
-    assert written["task"] == name
+    assert written["task"] == module.TASK
     for key in metric_keys:
         assert key in summary and key in written, key
         if "accuracy" in key:

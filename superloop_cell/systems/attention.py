@@ -50,6 +50,16 @@ class Attention(ExternalSystem):
             so after ~2·positions steps it sits clipped at the last slot
             and no gradient reaches the control (seen in
             `examples/find_last_two.py --clip-position`).
+        read_gradient: Whether the read passes gradients back to the
+            position (default True). With False the weights `w_n` are
+            computed from a stopped-gradient copy of `p_t`: what the head
+            reads is an observation, and the position is trained only
+            through its own path `p_t = p_{t−1} + softsign(control)` (each
+            control moves every later position). With a sharp read the
+            gradient through the weights is large near the midpoints
+            between slots and near zero elsewhere; on `find_last_two.py`
+            (gaussian, sharpness 8) it made training erratic, and turning
+            it off made it steady (README, find-last-two).
         **kwargs: Base `keras.layers.Layer` arguments.
     """
 
@@ -61,6 +71,7 @@ class Attention(ExternalSystem):
         normalize=False,
         clip_position=False,
         sharpness=1.0,
+        read_gradient=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -70,6 +81,7 @@ class Attention(ExternalSystem):
         self.normalize = _validation.boolean("normalize", normalize)
         self.clip_position = _validation.boolean("clip_position", clip_position)
         self.sharpness = _validation.positive_float("sharpness", sharpness)
+        self.read_gradient = _validation.boolean("read_gradient", read_gradient)
         self.control_size = 1
         self.output_size = self.width
         self.context_shape = (self.positions, self.width)
@@ -85,7 +97,8 @@ class Attention(ExternalSystem):
         if self.clip_position:
             position = ops.clip(position, 0.0, float(self.positions - 1))
         slots = ops.arange(self.positions, dtype=position.dtype)
-        distance = self.sharpness * (position - slots[None, :])
+        read_at = position if self.read_gradient else ops.stop_gradient(position)
+        distance = self.sharpness * (read_at - slots[None, :])
         if self.falloff == "linear":
             weights = 1.0 / (1.0 + ops.abs(distance))
         elif self.falloff == "squared":
@@ -122,4 +135,5 @@ class Attention(ExternalSystem):
             "normalize": self.normalize,
             "clip_position": self.clip_position,
             "sharpness": self.sharpness,
+            "read_gradient": self.read_gradient,
         }
