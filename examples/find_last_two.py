@@ -1,4 +1,4 @@
-"""Find the last 2 before the 9: an attention head walking over the data.
+r"""Find the last 2 before the 9: an attention head walking over the data.
 
 The older superloop project's toy task. Each sample is 16 values in 0–4
 with one 9 at a position ≥ 1, and at least one 2 before it; the answer is
@@ -35,7 +35,11 @@ head learns to walk to the 9, turn and stop at the 2 (README, Results).
     python examples/find_last_two.py                  # about 3 minutes
     python examples/find_last_two.py --max-gap 2 --falloff gaussian \
         --sharpness 8 --no-read-gradient --depth 2 --learning-rate 1e-3 \
-        --epochs 60 --no-baseline
+        --epochs 60 --no-baseline --out runs/flt_gap2
+    # then go on with the whole task from that model:
+    python examples/find_last_two.py --initial-model \
+        runs/flt_gap2/model.keras --epochs 100 --learning-rate 1e-3 \
+        --no-baseline
 """
 
 import argparse
@@ -105,6 +109,18 @@ def build_superloop(args):
     return keras.Model([steps, data], position, name="superloop"), cell
 
 
+def load_superloop(path, steps):
+    """A model saved by this script, and its `SuperloopCell`, to train on."""
+    model = keras.models.load_model(path)
+    saved_steps = model.inputs[0].shape[1]
+    if saved_steps != steps:
+        raise ValueError(f"--initial-model {path} runs {saved_steps} steps; "
+                         f"got --steps {steps}")
+    rnn = [layer for layer in model.layers
+           if isinstance(layer, keras.layers.RNN)]
+    return model, rnn[0].cell
+
+
 def build_gru(units):
     data = keras.Input((POSITIONS, 1), name="data")
     hidden = keras.layers.GRU(units)(data)
@@ -152,6 +168,10 @@ def parse_args(argv):
     parser.add_argument("--max-gap", type=int, default=None,
                         help="an easier task: the answer is at most this far "
                              "before the 9, in training and test data")
+    parser.add_argument("--initial-model", default=None,
+                        help="go on training a model.keras this script "
+                             "saved (its size and attention options are "
+                             "kept; the optimizer starts afresh)")
     parser.add_argument("--normalize", action=argparse.BooleanOptionalAction,
                         default=True, help="normalise the attention weights")
     parser.add_argument("--clip-position",
@@ -195,13 +215,18 @@ def main(argv=None):
     no_input = np.zeros((args.train_samples, args.steps, 0), "float32")
 
     clock = Stopwatch()
-    model, cell = build_superloop(args)
+    if args.initial_model:
+        model, cell = load_superloop(args.initial_model, args.steps)
+    else:
+        model, cell = build_superloop(args)
     compile_model(model, args)
-    print(f"superloop: {args.depth}×SGUCell({args.units}), Attention("
-          f"{POSITIONS}, 1, falloff={args.falloff!r}, sharpness="
-          f"{args.sharpness}, read_gradient={args.read_gradient}, normalize="
-          f"{args.normalize}, clip_position={args.clip_position}), "
-          f"{args.steps} steps, {model.count_params()} parameters")
+    head = cell.systems[0]
+    print(f"superloop: {len(cell.cells)}×SGUCell({cell.cells[0].units}), "
+          f"Attention({POSITIONS}, 1, falloff={head.falloff!r}, sharpness="
+          f"{head.sharpness}, read_gradient={head.read_gradient}, normalize="
+          f"{head.normalize}, clip_position={head.clip_position}), "
+          f"{args.steps} steps, {model.count_params()} parameters"
+          + (f", from {args.initial_model}" if args.initial_model else ""))
     test_inputs = [test_no_input, test_data]
     monitor = RoundedAccuracy(test_inputs, test_target)
     for epoch in range(args.epochs):

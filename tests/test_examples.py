@@ -185,3 +185,22 @@ def test_counter_counts_and_round_trips_its_config():
     assert isinstance(clone, custom_system.Counter) and clone.width == 2
     with pytest.raises(ValueError, match="width"):
         custom_system.Counter(0)
+
+
+def test_find_last_two_goes_on_from_a_saved_model(tmp_path):
+    argv = ["--steps", "6", "--units", "4", "--depth", "2",
+            "--train-samples", "32", "--test-samples", "64",
+            "--batch-size", "16", "--no-baseline", "--verbose", "0",
+            "--seed", "5", "--falloff", "gaussian", "--sharpness", "3"]
+    first = find_last_two.main(argv + ["--epochs", "2",
+                                       "--out", str(tmp_path / "a")])
+    # No further epochs: the reloaded model answers the same test set alike.
+    again = find_last_two.main(argv + [
+        "--epochs", "0", "--out", str(tmp_path / "b"),
+        "--initial-model", str(tmp_path / "a" / "model.keras")])
+    assert again["test_accuracy"] == first["test_accuracy"]
+    assert again["parameters"] == first["parameters"]
+    with pytest.raises(ValueError, match="runs 6 steps; got --steps 7"):
+        find_last_two.main(["--steps", "7", "--out", str(tmp_path / "c"),
+                            "--initial-model",
+                            str(tmp_path / "a" / "model.keras")])
