@@ -125,7 +125,6 @@ def test_normalised_gaussian_far_outside_reads_the_nearest_slot():
     assert all(np.all(np.isfinite(g)) for g in grads)
 
 
-
 def test_attention_read_gradient_off_reads_the_same_without_gradient():
     data = np.array([[[1.0], [5.0], [2.0], [7.0]]], "f4")
     position = np.array([[0.8]], "f4")
@@ -136,8 +135,8 @@ def test_attention_read_gradient_off_reads_the_same_without_gradient():
                                  normalize=True, read_gradient=flag)
         assert sc.Attention.from_config(
             attention.get_config()).read_gradient is flag
-        reads[flag], state = attention(control, [position,
-                                                 data.reshape(1, -1)])
+        reads[flag], _ = attention(control, [position,
+                                             data.reshape(1, -1)])
         grad_position, grad_control = _gradients(attention, position, data)
         if flag:
             assert abs(grad_position[0, 0]) > 1e-3
