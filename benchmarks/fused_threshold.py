@@ -14,27 +14,23 @@ import argparse
 import os
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# First: run.py sets the Keras backend (`--backend`) before Keras loads, and
+# holds the suite's reference model.
+import run
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-import superloop_cell as sc  # noqa: E402
-
 
 def build(depth, fused, steps):
-    cell = sc.SuperloopCell([sc.SGUCell(16) for _ in range(depth)],
-                            [sc.RegisterMemory(4, 8)], fused=fused)
-    inputs = keras.Input((steps, 2))
-    outputs = keras.layers.Dense(1)(
-        keras.layers.RNN(cell, return_sequences=True)(inputs))
-    model = keras.Model(inputs, outputs)
-    model.compile(keras.optimizers.RMSprop(), "mse")
-    return model
+    cell = run._project_cell(depth, run.UNITS, fused=fused)
+    return run._compiled_sequence_model(cell, False, steps=steps)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backend", choices=run.BACKENDS,
+                        help="Keras backend (read by run.py at import)")
     parser.add_argument("--depths", default="4,8,16",
                         help="comma-separated stack depths")
     parser.add_argument("--steps", type=int, default=64, help="T")
@@ -43,7 +39,8 @@ def main():
     args = parser.parse_args()
     depths = [int(d) for d in args.depths.split(",")]
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(args.batch, args.steps, 2)).astype("float32")
+    x = rng.normal(size=(args.batch, args.steps, run.INPUT_WIDTH))
+    x = x.astype("float32")
     y = rng.normal(size=(args.batch, args.steps, 1)).astype("float32")
     models, first = {}, {}
     for depth in depths:

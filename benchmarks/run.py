@@ -101,10 +101,11 @@ def _jit(flag):
     return flag if IS_TENSORFLOW else True
 
 
-def _project_cell(depth, units):
+def _project_cell(depth, units, fused="auto"):
     return SuperloopCell(
         cells=[SGUCell(units) for _ in range(depth)],
         systems=[RegisterMemory(depth=MEMORY_DEPTH, width=MEMORY_WIDTH)],
+        fused=fused,
     )
 
 

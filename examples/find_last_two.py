@@ -51,6 +51,7 @@ import numpy as np
 from _common import (RoundedAccuracy, Stopwatch, finish, make_parser,
                      prepare, rounded_accuracy, to_float, write_traces)
 import superloop_cell as sc
+from superloop_cell.tensorboard import find_superloop_cell
 
 TASK = "find_last_two"
 POSITIONS = 16
@@ -116,9 +117,7 @@ def load_superloop(path, steps):
     if saved_steps != steps:
         raise ValueError(f"--initial-model {path} runs {saved_steps} steps; "
                          f"got --steps {steps}")
-    rnn = [layer for layer in model.layers
-           if isinstance(layer, keras.layers.RNN)]
-    return model, rnn[0].cell
+    return model, find_superloop_cell(model)
 
 
 def build_gru(units):

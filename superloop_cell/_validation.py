@@ -50,6 +50,23 @@ def boolean(name, value):
     return value
 
 
+def boolean_or(name, value, words):
+    """Returns `value` if it is True, False or one of the strings `words`.
+
+    Raises `TypeError` for a value of another type, `ValueError` for another
+    string, naming `name`.
+    """
+    if isinstance(value, bool) or (isinstance(value, str) and value in words):
+        return value
+    expected = ", ".join(["True", "False"] + [repr(w) for w in words[:-1]])
+    expected += f" or {words[-1]!r}"
+    error = ValueError if isinstance(value, str) else TypeError
+    raise error(
+        f"Received an invalid value for argument `{name}`: expected "
+        f"{expected}, got {value!r} (type {type(value).__name__})."
+    )
+
+
 def choice(name, value, allowed):
     """Returns `value` if it is one of `allowed`, else raises `ValueError`."""
     if value not in allowed:

@@ -29,7 +29,7 @@ MIN_FUSED_RUN = 2
 # layers, 1.24× at 12 and level (1.04×) at 16, while its first step is 2×
 # shorter from 8 layers on. The steady step decides a training run.
 AUTO_FUSED_RUN = 15
-FUSED_CHOICES = (True, False, "auto")
+AUTO_FUSED = "auto"  # the `fused` value that applies AUTO_FUSED_RUN
 
 
 class _StackedInitializer(keras.initializers.Initializer):
@@ -254,7 +254,7 @@ def plan_stages(cells, fused):
     layers is fused, with `"auto"` every run of `AUTO_FUSED_RUN` or more,
     with False none.
     """
-    shortest = AUTO_FUSED_RUN if fused == "auto" else MIN_FUSED_RUN
+    shortest = AUTO_FUSED_RUN if fused == AUTO_FUSED else MIN_FUSED_RUN
     stages = [CellStage(cells[0], 0)]
     i = 1
     n_runs = 0

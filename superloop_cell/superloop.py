@@ -28,7 +28,7 @@ from keras import ops
 
 from superloop_cell import _validation
 from superloop_cell.stages import (
-    FUSED_CHOICES,
+    AUTO_FUSED,
     SGURunStage,
     is_sgu,
     plan_stages,
@@ -222,13 +222,7 @@ class SuperloopCell(keras.layers.Layer):
             _check_system(i, system)
         self.cells = list(cells)
         self.systems = list(systems)
-        if not isinstance(fused, (bool, str)) or fused not in FUSED_CHOICES:
-            wrong_type = not isinstance(fused, (bool, str))
-            raise (TypeError if wrong_type else ValueError)(
-                f"Argument `fused` must be True, False or 'auto', got "
-                f"{fused!r} (type {type(fused).__name__})."
-            )
-        self.fused = fused
+        self.fused = _validation.boolean_or("fused", fused, (AUTO_FUSED,))
         self.trace = _validation.boolean("trace", trace)
         self.control_kernel_initializer = keras.initializers.get(
             control_kernel_initializer

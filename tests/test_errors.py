@@ -44,8 +44,8 @@ def test_attention_options_are_checked():
     ("always", ValueError), ("Auto", ValueError), (1, TypeError),
     (None, TypeError), (np.bool_(True), TypeError)])
 def test_fused_is_checked(bad, error):
-    with pytest.raises(error, match="`fused` must be True, False or 'auto', "
-                                    "got " + re.escape(repr(bad))):
+    with pytest.raises(error, match="`fused`: expected True, False or "
+                                    "'auto', got " + re.escape(repr(bad))):
         sc.SuperloopCell([sc.SGUCell(3)] * 3, fused=bad)
 
 
