@@ -68,17 +68,39 @@ class RoundedAccuracy(keras.callbacks.Callback):
     Args:
         inputs: The held-out inputs.
         target: Their integer targets.
+        keep_best: Whether to remember the weights of the epoch with the
+            best accuracy (`best_accuracy`, `best_epoch`, and
+            `best_seconds`, the time from construction to the end of that
+            epoch); `restore_best()`
+            puts them back. The held-out set must then be a validation set,
+            not the test set the result is reported on.
     """
 
-    def __init__(self, inputs, target):
+    def __init__(self, inputs, target, keep_best=False):
         super().__init__()
         self.inputs = inputs
         self.target = target
+        self.keep_best = keep_best
+        self.best_accuracy = None
+        self.best_epoch = None
+        self.best_seconds = None
+        self._best_weights = None
+        self._clock = Stopwatch()
 
     def on_epoch_end(self, epoch, logs=None):
+        accuracy = rounded_accuracy(self.model, self.inputs, self.target)
         if logs is not None:
-            logs["val_rounded_accuracy"] = rounded_accuracy(
-                self.model, self.inputs, self.target)
+            logs["val_rounded_accuracy"] = accuracy
+        if self.keep_best and (self.best_accuracy is None
+                               or accuracy > self.best_accuracy):
+            self.best_accuracy, self.best_epoch = accuracy, epoch
+            self.best_seconds = self._clock.seconds()
+            self._best_weights = self.model.get_weights()
+
+    def restore_best(self):
+        """Sets the model's weights to the best epoch's, if one was kept."""
+        if self._best_weights is not None:
+            self.model.set_weights(self._best_weights)
 
 
 def write_traces(cell, sequences, contexts, path, title):

@@ -39,10 +39,14 @@ def register_memory_step(control, memory, depth, width):
 
 
 def attention_step(control, position, data, falloff="linear",
-                   normalize=False, clip_position=False, sharpness=1.0):
+                   normalize=False, clip_position=False, sharpness=1.0,
+                   integer_moves=False):
     """position: (batch, 1); data: (batch, positions, width)."""
     positions = data.shape[1]
-    p = position + softsign(control)
+    move = softsign(control)
+    if integer_moves:
+        move = np.round(move)
+    p = position + move
     if clip_position:
         p = np.clip(p, 0, positions - 1)
     n = np.arange(positions)[None, :]

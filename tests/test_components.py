@@ -110,6 +110,60 @@ def test_attention_matches_numpy_step_by_step(falloff, sharpness, normalize,
         assert np.any(p_ref > positions - 1)  # the options really differ
 
 
+@pytest.mark.parametrize("falloff,sharpness,normalize", [
+    ("gaussian", 3.0, True), ("linear", 1.0, False)])
+@pytest.mark.parametrize("clip_position", [False, True])
+def test_attention_integer_moves_match_numpy_step_by_step(
+        falloff, sharpness, normalize, clip_position):
+    positions, width, batch = 6, 2, 4
+    attention = sc.Attention(positions, width, falloff=falloff,
+                             sharpness=sharpness, normalize=normalize,
+                             clip_position=clip_position, integer_moves=True)
+    assert sc.Attention.from_config(attention.get_config()).integer_moves
+    rng = np.random.default_rng(5)
+    data = rng.normal(size=(batch, positions, width)).astype("f4")
+    state = [np.zeros((batch, 1), "f4"), data.reshape(batch, -1)]
+    p_ref = np.zeros((batch, 1))
+    moves = set()
+    for _ in range(20):
+        # Around |softsign| = 0.5 (control ±1), where the rounding flips.
+        control = rng.normal(0.5, 1.5, (batch, 1)).astype("f4")
+        old = keras.ops.convert_to_numpy(state[0])
+        out, state = attention(control, state)
+        out_ref, p_ref = attention_step(
+            control, p_ref, data, falloff, normalize, clip_position,
+            sharpness, integer_moves=True)
+        np.testing.assert_allclose(out, out_ref, atol=ATOL)
+        np.testing.assert_allclose(state[0], p_ref, atol=ATOL)
+        moves.update(np.unique(keras.ops.convert_to_numpy(state[0]) - old))
+    assert moves <= {-1.0, 0.0, 1.0} and {-1.0, 0.0, 1.0} <= moves
+
+
+def test_attention_integer_moves_read_one_slot_exactly():
+    data = np.array([[[1.0], [5.0], [2.0], [7.0]]], "f4")
+    attention = sc.Attention(4, 1, falloff="gaussian", sharpness=3.0,
+                             normalize=True, integer_moves=True)
+    state = [np.zeros((1, 1), "f4"), data.reshape(1, -1)]
+    reads = []
+    for control in (2.0, 1.2, 0.4, -3.0):  # moves +1, +1, 0, −1
+        out, state = attention(np.full((1, 1), control, "f4"), state)
+        reads.append(float(keras.ops.convert_to_numpy(out)[0, 0]))
+    np.testing.assert_allclose(reads, [5.0, 2.0, 2.0, 5.0], atol=1e-3)
+
+
+def test_attention_integer_moves_pass_the_soft_gradient_straight_through():
+    # At control 0.3 the head does not move (round(0.23) = 0), but the
+    # position still receives softsign'(0.3): training can push it.
+    data = np.array([[[1.0], [5.0], [2.0], [7.0]]], "f4")
+    attention = sc.Attention(4, 1, integer_moves=True)
+    position = np.array([[1.0]], "f4")
+    _, (moved, _) = attention(np.full((1, 1), 0.3, "f4"),
+                              [position, data.reshape(1, -1)])
+    np.testing.assert_array_equal(moved, position)
+    grad_move = _gradients(attention, position, data)[2]
+    np.testing.assert_allclose(grad_move, 1.0 / (1.0 + 0.3) ** 2, rtol=1e-5)
+
+
 def test_normalised_gaussian_far_outside_reads_the_nearest_slot():
     # exp(−d²) underflows to 0 for every slot this far away; the weights are
     # computed shifted by the nearest slot, so the read stays finite.
@@ -181,3 +235,10 @@ def test_attention_control_head_walks_forward_untrained():
     b = keras.ops.convert_to_numpy(cell.control_bias)
     assert k.min() >= 0.0 and k.max() <= 0.1
     np.testing.assert_allclose(b, 0.9)
+    # With integer moves: bias 1.5, so every control is in [1.5, 1.5 + 0.4]
+    # for the 4 units' outputs in (−1, 1): one whole slot per step.
+    cell = sc.SuperloopCell([sc.SGUCell(4)],
+                            [sc.Attention(16, 1, integer_moves=True)])
+    cell.build((None, 0))
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(cell.control_bias), 1.5)

@@ -33,6 +33,8 @@ def test_attention_options_are_checked():
         sc.Attention(3, 1, normalize="yes")
     with pytest.raises(TypeError, match="`read_gradient`.*'no'"):
         sc.Attention(3, 1, read_gradient="no")
+    with pytest.raises(TypeError, match="`integer_moves`.*1"):
+        sc.Attention(3, 1, integer_moves=1)
     for bad in (0, -1.5, float("inf"), float("nan"), "2", True):
         with pytest.raises(ValueError, match="`sharpness`.*positive finite "
                                              "number, got " + re.escape(

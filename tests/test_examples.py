@@ -25,7 +25,7 @@ SMOKE = {
         ["--steps", "6", "--units", "4", "--depth", "2",
          "--train-samples", "32", "--test-samples", "16", "--epochs", "1",
          "--batch-size", "16", "--baseline-units", "4",
-         "--baseline-epochs", "1"],
+         "--baseline-epochs", "1", "--no-jit-compile"],
         ["test_accuracy", "baseline_test_accuracy", "train_seconds",
          "wall_seconds"],
     ),
@@ -35,8 +35,9 @@ SMOKE = {
          "--train-samples", "32", "--test-samples", "16", "--epochs", "2",
          "--batch-size", "16", "--max-gap", "2", "--curriculum",
          "--falloff", "gaussian", "--sharpness", "8", "--no-read-gradient",
-         "--no-baseline"],
-        ["test_accuracy", "train_seconds", "wall_seconds"],
+         "--integer-moves", "--keep-best", "--cosine-decay", "--no-baseline"],
+        ["test_accuracy", "train_seconds", "wall_seconds", "kept_epoch",
+         "kept_epoch_seconds", "validation_accuracy"],
     ),
     "associative_recall": (
         associative_recall,
@@ -191,7 +192,8 @@ def test_find_last_two_goes_on_from_a_saved_model(tmp_path):
     argv = ["--steps", "6", "--units", "4", "--depth", "2",
             "--train-samples", "32", "--test-samples", "64",
             "--batch-size", "16", "--no-baseline", "--verbose", "0",
-            "--seed", "5", "--falloff", "gaussian", "--sharpness", "3"]
+            "--seed", "5", "--falloff", "gaussian", "--sharpness", "3",
+            "--integer-moves", "--no-jit-compile"]
     first = find_last_two.main(argv + ["--epochs", "2",
                                        "--out", str(tmp_path / "a")])
     # No further epochs: the reloaded model answers the same test set alike.
@@ -200,7 +202,30 @@ def test_find_last_two_goes_on_from_a_saved_model(tmp_path):
         "--initial-model", str(tmp_path / "a" / "model.keras")])
     assert again["test_accuracy"] == first["test_accuracy"]
     assert again["parameters"] == first["parameters"]
+    _, cell = find_last_two.load_superloop(
+        str(tmp_path / "a" / "model.keras"), 6)
+    assert cell.systems[0].integer_moves and cell.systems[0].sharpness == 3
     with pytest.raises(ValueError, match="runs 6 steps; got --steps 7"):
         find_last_two.main(["--steps", "7", "--out", str(tmp_path / "c"),
                             "--initial-model",
                             str(tmp_path / "a" / "model.keras")])
+
+
+def test_rounded_accuracy_keeps_the_best_epochs_weights():
+    from _common import RoundedAccuracy
+
+    inputs = np.arange(6, dtype="float32")[:, None]
+    target = np.arange(6)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    monitor = RoundedAccuracy(inputs, target, keep_best=True)
+    monitor.set_model(model)
+    # Epoch 0 answers x (all right), epoch 1 answers 2x (only 0 right).
+    for epoch, slope in enumerate((1.0, 2.0)):
+        model.set_weights([np.array([[slope]], "f4"), np.zeros(1, "f4")])
+        logs = {}
+        monitor.on_epoch_end(epoch, logs)
+        assert logs["val_rounded_accuracy"] == (1.0 if slope == 1 else 0.1667)
+    assert (monitor.best_epoch, monitor.best_accuracy) == (0, 1.0)
+    assert monitor.best_seconds >= 0.0
+    monitor.restore_best()
+    np.testing.assert_array_equal(model.get_weights()[0], [[1.0]])

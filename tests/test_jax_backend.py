@@ -18,10 +18,14 @@ pytest.importorskip("jax")
 def test_tensorflow_saved_model_runs_on_jax(tmp_path):
     cell = sc.SuperloopCell([sc.SGUCell(6) for _ in range(6)],
                             [sc.RegisterMemory(2, 3), sc.Attention(4, 1),
-                             sc.NeuralStack(2, 3)], fused=True)
+                             sc.NeuralStack(2, 3),
+                             sc.Attention(4, 1, falloff="gaussian",
+                                          sharpness=3.0, normalize=True,
+                                          integer_moves=True)], fused=True)
     seq = keras.Input((None, 2))
     data = keras.Input((4, 1))
-    states = sc.initial_state(cell, seq, data)
+    # Both heads walk over the same data.
+    states = sc.initial_state(cell, seq, [data, data])
     out = keras.layers.RNN(cell, return_sequences=True)(
         seq, initial_state=states)
     model = keras.Model([seq, data], out)

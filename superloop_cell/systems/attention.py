@@ -27,7 +27,8 @@ class Attention(ExternalSystem):
     along, unchanged, as this system's last state.
 
     The control head starts with kernel uniform in [0, 0.1] and bias 0.9, so
-    an untrained head walks forward by about half a position per step.
+    an untrained head walks forward by about half a position per step (with
+    `integer_moves=True`: bias 1.5, one slot per step).
 
     Args:
         positions: Positive integer, number of data slots.
@@ -60,6 +61,15 @@ class Attention(ExternalSystem):
             between slots and near zero elsewhere; on `find_last_two.py`
             (gaussian, sharpness 8) it made training erratic, and turning
             it off made it steady (README, find-last-two).
+        integer_moves: Whether each move is rounded to a whole number of
+            slots, `p_t = p_{t−1} + round(softsign(control))` ∈ {−1, 0, +1},
+            with the gradient of the unrounded move (a straight-through
+            estimator). Default False. Starting from `p_0 = 0`, the head
+            then always stands on a slot, so with a sharp falloff (e.g.
+            `"gaussian"`, sharpness ≥ 3) it reads one slot's value exactly
+            instead of a blend of neighbours; a move smaller than half a
+            slot is no move. On `examples/find_last_two.py` this is what
+            made the walk learnable (README, find-last-two).
         **kwargs: Base `keras.layers.Layer` arguments.
     """
 
@@ -72,6 +82,7 @@ class Attention(ExternalSystem):
         clip_position=False,
         sharpness=1.0,
         read_gradient=True,
+        integer_moves=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -82,6 +93,7 @@ class Attention(ExternalSystem):
         self.clip_position = _validation.boolean("clip_position", clip_position)
         self.sharpness = _validation.positive_float("sharpness", sharpness)
         self.read_gradient = _validation.boolean("read_gradient", read_gradient)
+        self.integer_moves = _validation.boolean("integer_moves", integer_moves)
         self.control_size = 1
         self.output_size = self.width
         self.context_shape = (self.positions, self.width)
@@ -90,10 +102,18 @@ class Attention(ExternalSystem):
         self.control_kernel_initializer = keras.initializers.RandomUniform(
             0.0, 0.1
         )
-        self.control_bias_initializer = keras.initializers.Constant(0.9)
+        # softsign(0.9) ≈ 0.47 of a slot per step; softsign(1.5) = 0.6
+        # rounds to one whole slot.
+        self.control_bias_initializer = keras.initializers.Constant(
+            1.5 if self.integer_moves else 0.9
+        )
 
     def _position_and_weights(self, control, position):
-        position = position + ops.softsign(control)
+        move = ops.softsign(control)
+        if self.integer_moves:
+            # Forward: the rounded move; backward: the gradient of `move`.
+            move = move + ops.stop_gradient(ops.round(move) - move)
+        position = position + move
         if self.clip_position:
             position = ops.clip(position, 0.0, float(self.positions - 1))
         slots = ops.arange(self.positions, dtype=position.dtype)
@@ -136,4 +156,5 @@ class Attention(ExternalSystem):
             "clip_position": self.clip_position,
             "sharpness": self.sharpness,
             "read_gradient": self.read_gradient,
+            "integer_moves": self.integer_moves,
         }
