@@ -68,8 +68,8 @@ class Attention(ExternalSystem):
             then always stands on a slot, so with a sharp falloff (e.g.
             `"gaussian"`, sharpness ≥ 3) it reads one slot's value exactly
             instead of a blend of neighbours; a move smaller than half a
-            slot is no move. On `examples/find_last_two.py` this is what
-            made the walk learnable (README, find-last-two).
+            slot is no move. On `examples/find_last_two.py` it lifted the
+            full task from about 22 % to 37–69 % (README, find-last-two).
         **kwargs: Base `keras.layers.Layer` arguments.
     """
 
