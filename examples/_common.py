@@ -71,9 +71,9 @@ class RoundedAccuracy(keras.callbacks.Callback):
         keep_best: Whether to remember the weights of the epoch with the
             best accuracy (`best_accuracy`, `best_epoch`, and
             `best_seconds`, the time from construction to the end of that
-            epoch); `restore_best()`
-            puts them back. The held-out set must then be a validation set,
-            not the test set the result is reported on.
+            epoch); `restore_best()` puts them back. The held-out set must
+            then be a validation set, not the test set the result is
+            reported on.
     """
 
     def __init__(self, inputs, target, keep_best=False):

@@ -16,6 +16,7 @@ import associative_recall  # noqa: E402
 import custom_system  # noqa: E402
 import find_last_two  # noqa: E402
 import stack_reverse  # noqa: E402
+from _common import RoundedAccuracy  # noqa: E402
 
 pytest.importorskip("matplotlib")
 
@@ -212,8 +213,6 @@ def test_find_last_two_goes_on_from_a_saved_model(tmp_path):
 
 
 def test_rounded_accuracy_keeps_the_best_epochs_weights():
-    from _common import RoundedAccuracy
-
     inputs = np.arange(6, dtype="float32")[:, None]
     target = np.arange(6)
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
