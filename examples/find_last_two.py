@@ -210,8 +210,9 @@ def parse_args(argv):
                              "weights (the test set is not used for this)")
     parser.add_argument("--jit-compile", action=argparse.BooleanOptionalAction,
                         default=True,
-                        help="XLA-compile the train step (on JAX, without "
-                             "it Keras runs op by op, ~50× slower)")
+                        help="XLA-compile the train step (on JAX, Keras "
+                             "runs op by op without it: 2 s per step here, "
+                             "against 35 ms with XLA on TensorFlow)")
     parser.add_argument("--baseline", action=argparse.BooleanOptionalAction,
                         default=True, help="also train the GRU baseline")
     parser.add_argument("--baseline-units", type=int, default=64)
