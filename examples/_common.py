@@ -74,10 +74,14 @@ class RoundedAccuracy(keras.callbacks.Callback):
             epoch); `restore_best()` puts them back. The held-out set must
             then be a validation set, not the test set the result is
             reported on.
+        model: The model to check, if not the one being trained (e.g. one
+            that shares its layers but answers differently). Its weights
+            are the ones kept and restored.
     """
 
-    def __init__(self, inputs, target, keep_best=False):
+    def __init__(self, inputs, target, keep_best=False, model=None):
         super().__init__()
+        self.checked = model
         self.inputs = inputs
         self.target = target
         self.keep_best = keep_best
@@ -88,19 +92,20 @@ class RoundedAccuracy(keras.callbacks.Callback):
         self._clock = Stopwatch()
 
     def on_epoch_end(self, epoch, logs=None):
-        accuracy = rounded_accuracy(self.model, self.inputs, self.target)
+        model = self.checked or self.model
+        accuracy = rounded_accuracy(model, self.inputs, self.target)
         if logs is not None:
             logs["val_rounded_accuracy"] = accuracy
         if self.keep_best and (self.best_accuracy is None
                                or accuracy > self.best_accuracy):
             self.best_accuracy, self.best_epoch = accuracy, epoch
             self.best_seconds = self._clock.seconds()
-            self._best_weights = self.model.get_weights()
+            self._best_weights = model.get_weights()
 
     def restore_best(self):
         """Sets the model's weights to the best epoch's, if one was kept."""
         if self._best_weights is not None:
-            self.model.set_weights(self._best_weights)
+            (self.checked or self.model).set_weights(self._best_weights)
 
 
 def write_traces(cell, sequences, contexts, path, title):

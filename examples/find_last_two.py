@@ -31,7 +31,12 @@ starts with answers right before the 9 and widens the gap over the first
 half of the epochs; and `--keep-best`, which keeps the weights of the epoch
 that did best on a validation set (accuracy swings from epoch to epoch).
 The head learns to walk to the 9 and back; stopping on the right 2 is what
-takes long to learn.
+takes long to learn. `--loss-steps K` puts the loss on the head's position
+at each of the last K steps (it must get there and stay), through a cell
+that carries only that trace. The summary's `diagnosis` says how the head
+fails (did it reach the 9, did it end on a 2, on which side of the answer,
+did it stall before the 9), and `first_two_accuracy` scores the shortcut of
+stopping on the first 2 met, which needs no memory of having seen the 9.
 
     python examples/find_last_two.py                  # about 4 minutes
     python examples/find_last_two.py --epochs 500 --no-baseline \
@@ -92,23 +97,83 @@ def answer(values):
     return max(i for i in range(peak) if values[i] == TARGET_VALUE)
 
 
-def build_superloop(args):
-    cell = sc.SuperloopCell(
-        [sc.SGUCell(args.units) for _ in range(args.depth)],
-        [sc.Attention(POSITIONS, 1, falloff=args.falloff,
-                      normalize=args.normalize,
-                      clip_position=args.clip_position,
-                      sharpness=args.sharpness,
-                      read_gradient=args.read_gradient,
-                      integer_moves=args.integer_moves)],
-    )
+def first_two(values):
+    """The answer of a head that stops on the first 2 it meets: index of
+    the first 2 (a shortcut the training can fall into, see README)."""
+    return np.argmax(values == TARGET_VALUE, axis=1)
+
+
+def diagnose(cell, values, target, steps, scale):
+    """How the trained head fails, from its position at every step.
+
+    Returns shares of the samples: `reached_the_9` (the head stood on the 9
+    at some step), `ended_on_a_2`, `ended_right_of_answer`,
+    `ended_left_of_answer`, and `stalled_before_the_9` (never reached it
+    and stood still over the last half of the steps).
+    """
+    data = (values[..., None] * scale).astype("float32")
+    no_input = np.zeros((len(values), steps, 0), "float32")
+    _, traces = sc.run_with_traces(cell, no_input, data)
+    positions = np.round(traces["attention/position"][..., 0]).astype(int)
+    final = positions[:, -1]
+    peak = np.argmax(values == PEAK_VALUE, axis=1)
+    reached = np.any(positions == peak[:, None], axis=1)
+    on_slot = (final >= 0) & (final < POSITIONS)
+    read = values[np.arange(len(values)), np.clip(final, 0, POSITIONS - 1)]
+    still = np.all(positions[:, steps // 2:] == final[:, None], axis=1)
+    return {k: to_float(np.mean(v)) for k, v in {
+        "reached_the_9": reached,
+        "ended_on_a_2": on_slot & (read == TARGET_VALUE),
+        "ended_right_of_answer": final > target,
+        "ended_left_of_answer": final < target,
+        "stalled_before_the_9": ~reached & still,
+    }.items()}
+
+
+def build_superloop(args, like=None):
+    """`(model, trainer, cell)`: `model` answers with the head's final
+    position `(batch, 1)`; `trainer` (the same layers) outputs its position
+    at each of the last `--loss-steps` steps, the loss's input.
+
+    With `like` (a `SuperloopCell`), the cell is a copy of it, its weights
+    included.
+    """
+    # With a loss on several steps, the cell carries the head's position
+    # per step: only that trace, which costs little (see README).
+    trace = ["attention/position"] if args.loss_steps > 1 else False
+    if like is None:
+        cell = sc.SuperloopCell(
+            [sc.SGUCell(args.units) for _ in range(args.depth)],
+            [sc.Attention(POSITIONS, 1, falloff=args.falloff,
+                          normalize=args.normalize,
+                          clip_position=args.clip_position,
+                          sharpness=args.sharpness,
+                          read_gradient=args.read_gradient,
+                          integer_moves=args.integer_moves)],
+            trace=trace,
+        )
+    else:
+        config = {**like.get_config(), "trace": trace}
+        config.pop("name", None)
+        cell = sc.SuperloopCell.from_config(config)
     steps = keras.Input((args.steps, 0), name="steps")
     data = keras.Input((POSITIONS, 1), name="data")
     states = sc.initial_state(cell, steps, data)
-    _, *final = keras.layers.RNN(cell, return_state=True)(
-        steps, initial_state=states)
-    position = cell.system_states(final, 0)[0]
-    return keras.Model([steps, data], position, name="superloop"), cell
+    if trace:
+        outputs = keras.layers.RNN(cell, return_sequences=True)(
+            steps, initial_state=states)
+        positions = cell.split_output(outputs)[1]["attention/position"]
+        position = positions[:, -1]
+        tail = positions[:, -args.loss_steps:, 0]
+    else:
+        _, *final = keras.layers.RNN(cell, return_state=True)(
+            steps, initial_state=states)
+        position = tail = cell.system_states(final, 0)[0]
+    model = keras.Model([steps, data], position, name="superloop")
+    trainer = keras.Model([steps, data], tail, name="superloop_trainer")
+    if like is not None:
+        cell.set_weights(like.get_weights())
+    return model, trainer, cell
 
 
 def load_superloop(path, steps):
@@ -199,6 +264,10 @@ def parse_args(argv):
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--loss", choices=("mse", "huber"), default="mse")
+    parser.add_argument("--loss-steps", type=int, default=1,
+                        help="the loss is on the head's position at each of "
+                             "the last this many steps (it must get there "
+                             "and stay); 1: the final position only")
     parser.add_argument("--cosine-decay",
                         action=argparse.BooleanOptionalAction, default=False,
                         help="decay the learning rate to 1 %% of itself "
@@ -219,6 +288,9 @@ def parse_args(argv):
     parser.add_argument("--baseline-epochs", type=int, default=20)
     parser.add_argument("--baseline-learning-rate", type=float, default=3e-3)
     args = parser.parse_args(argv)
+    if not 1 <= args.loss_steps <= args.steps:
+        parser.error(f"--loss-steps must be in 1..--steps ({args.steps}), "
+                     f"got {args.loss_steps}")
     if args.max_gap is not None and not 1 <= args.max_gap < POSITIONS:
         parser.error(f"--max-gap must be in 1..{POSITIONS - 1}, got "
                      f"{args.max_gap}")
@@ -236,18 +308,19 @@ def main(argv=None):
     no_input = np.zeros((args.train_samples, args.steps, 0), "float32")
 
     clock = Stopwatch()
+    saved = None
     if args.initial_model:
-        model, cell = load_superloop(args.initial_model, args.steps)
-    else:
-        model, cell = build_superloop(args)
-    compile_model(model, args, args.epochs, args.learning_rate)
+        saved = load_superloop(args.initial_model, args.steps)[1]
+    model, trainer, cell = build_superloop(args, like=saved)
+    compile_model(trainer, args, args.epochs, args.learning_rate)
     head = cell.systems[0]
     print(f"superloop: {len(cell.cells)}×SGUCell({cell.cells[0].units}), "
           f"Attention({POSITIONS}, 1, falloff={head.falloff!r}, sharpness="
           f"{head.sharpness}, read_gradient={head.read_gradient}, "
           f"integer_moves={head.integer_moves}, normalize="
           f"{head.normalize}, clip_position={head.clip_position}), "
-          f"{args.steps} steps, {model.count_params()} parameters"
+          f"{args.steps} steps, {model.count_params()} parameters, loss "
+          f"on the position at the last {args.loss_steps} step(s)"
           + (f", from {args.initial_model}" if args.initial_model else ""))
     test_inputs = [test_no_input, test_data]
     if args.keep_best:
@@ -258,16 +331,17 @@ def main(argv=None):
             args.test_samples, np.random.default_rng([args.seed, 1]),
             max_gap=args.max_gap)
         monitor = RoundedAccuracy([test_no_input, scaled(val_values, args)],
-                                  val_target, keep_best=True)
+                                  val_target, keep_best=True, model=model)
     else:
-        monitor = RoundedAccuracy(test_inputs, test_target)
+        monitor = RoundedAccuracy(test_inputs, test_target, model=model)
     for epoch in range(args.epochs):
         values, target = make_data(args.train_samples, rng,
                                    max_gap=curriculum_gap(epoch, args))
-        model.fit([no_input, scaled(values, args)], target.astype("float32"),
-                  batch_size=args.batch_size, initial_epoch=epoch,
-                  epochs=epoch + 1, callbacks=[monitor],
-                  verbose=args.verbose)
+        target = np.repeat(target[:, None], args.loss_steps, axis=1)
+        trainer.fit([no_input, scaled(values, args)], target.astype("float32"),
+                    batch_size=args.batch_size, initial_epoch=epoch,
+                    epochs=epoch + 1, callbacks=[monitor],
+                    verbose=args.verbose)
     train_seconds = clock.seconds()
     if args.keep_best and monitor.best_epoch is not None:
         monitor.restore_best()
@@ -278,6 +352,8 @@ def main(argv=None):
         "task": TASK,
         "test_accuracy": rounded_accuracy(model, test_inputs, test_target),
         "always_zero_accuracy": to_float(np.mean(test_target == 0)),
+        "first_two_accuracy": to_float(np.mean(
+            first_two(test_values) == test_target)),
         "parameters": model.count_params(),
         "train_seconds": train_seconds,
     }
@@ -285,6 +361,8 @@ def main(argv=None):
         summary["kept_epoch"] = monitor.best_epoch + 1 if args.epochs else 0
         summary["validation_accuracy"] = monitor.best_accuracy
         summary["kept_epoch_seconds"] = monitor.best_seconds
+    summary["diagnosis"] = diagnose(cell, test_values, test_target,
+                                    args.steps, args.scale)
     model.save(out / "model.keras")
     write_traces(cell, test_no_input[:1], test_data[:1],
                  out / "traces.png",

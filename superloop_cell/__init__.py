@@ -9,7 +9,7 @@ extra input at the next step — all inside one cell, so
 from superloop_cell.cells.sgu import SGUCell
 from superloop_cell.context import StepMask, SuperloopInitialState, initial_state
 from superloop_cell.stages import SGUStack
-from superloop_cell.superloop import SuperloopCell
+from superloop_cell.superloop import SuperloopCell, trace_names
 from superloop_cell.traces import run_with_traces, traced_copy
 from superloop_cell.systems.attention import Attention
 from superloop_cell.systems.base import ExternalSystem
@@ -29,6 +29,7 @@ __all__ = [
     "SuperloopInitialState",
     "NeuralStack",
     "initial_state",
+    "trace_names",
     "run_with_traces",
     "traced_copy",
 ]

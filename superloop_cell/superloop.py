@@ -131,6 +131,52 @@ def _component_names(cells, systems):
     }
 
 
+def _full_trace_layout(cells, systems):
+    """`(name, width)` of every trace a `trace=True` cell carries, in order."""
+    names = _component_names(cells, systems)
+    layout = []
+    for name, cell in zip(names["cells"], cells):
+        if is_sgu(cell):
+            layout.append((f"{name}/gate", cell.units))
+    for name, system in zip(names["systems"], systems):
+        for key, width in system.trace_sizes.items():
+            layout.append((f"{name}/{key}", int(width)))
+    return layout
+
+
+def trace_names(cells, systems=()):
+    """The names of the traces a `SuperloopCell(cells, systems)` can carry.
+
+    For example `["sgu_0/gate", "sgu_1/gate", "attention/position",
+    "attention/weights"]`; any of them may be passed as `trace=[...]`.
+    """
+    return [name for name, _ in _full_trace_layout(list(cells), list(systems))]
+
+
+def _trace_option(trace, cells, systems):
+    """`(enabled, selection)` for the `trace` argument: selection is None
+    (all traces) or a tuple of trace names."""
+    if isinstance(trace, bool):
+        return trace, None
+    if not isinstance(trace, (list, tuple)) or not all(
+        isinstance(name, str) for name in trace
+    ):
+        raise TypeError(
+            "Received an invalid value for argument `trace`: expected True, "
+            f"False or a list of trace names, got {trace!r} (type "
+            f"{type(trace).__name__})."
+        )
+    known = trace_names(cells, systems)
+    unknown = [name for name in trace if name not in known]
+    if unknown or not trace:
+        raise ValueError(
+            "Received an invalid value for argument `trace`: "
+            + (f"unknown trace names {unknown}" if unknown else "an empty list")
+            + f"; this cell's traces are {known}."
+        )
+    return True, tuple(dict.fromkeys(trace))
+
+
 @keras.saving.register_keras_serializable(package="superloop_cell")
 class SuperloopCell(keras.layers.Layer):
     """A recurrent stack and its external systems as one Keras 3 RNN cell.
@@ -164,7 +210,11 @@ class SuperloopCell(keras.layers.Layer):
             component did (see `trace_layout`, `split_output` and
             `superloop_cell.run_with_traces`): each SGU layer's gate `f`
             and each system's `trace`. Default False; the default path
-            computes none of it.
+            computes none of it. A list of trace names (such as
+            `["attention/position"]`, see `trace_names(cells, systems)`)
+            carries only those, and computes only the components they
+            come from: cheap enough to train on, e.g. a loss on the head's
+            position at every step.
         **kwargs: Base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -223,7 +273,9 @@ class SuperloopCell(keras.layers.Layer):
         self.cells = list(cells)
         self.systems = list(systems)
         self.fused = _validation.boolean_or("fused", fused, (AUTO_FUSED,))
-        self.trace = _validation.boolean("trace", trace)
+        self.trace, self._trace_selection = _trace_option(
+            trace, self.cells, self.systems
+        )
         self.control_kernel_initializer = keras.initializers.get(
             control_kernel_initializer
         )
@@ -313,15 +365,15 @@ class SuperloopCell(keras.layers.Layer):
         return scopes
 
     def _trace_layout(self):
-        layout = []
-        for i, cell in enumerate(self.cells):
-            if is_sgu(cell):
-                layout.append((f"{self.component_names['cells'][i]}/gate",
-                               cell.units))
-        for name, system in zip(self.component_names["systems"], self.systems):
-            for key, width in system.trace_sizes.items():
-                layout.append((f"{name}/{key}", int(width)))
-        return layout
+        return [
+            (name, width)
+            for name, width in _full_trace_layout(self.cells, self.systems)
+            if self._traced(name)
+        ]
+
+    def _traced(self, name):
+        selection = self._trace_selection
+        return self.trace and (selection is None or name in selection)
 
     def split_output(self, outputs):
         """Splits the output of a `trace=True` cell into `y` and its traces.
@@ -441,8 +493,15 @@ class SuperloopCell(keras.layers.Layer):
             self._stages, self._stage_scopes, parts["stages"]
         ):
             with keras.name_scope(scope):
-                if self.trace:
-                    traces.extend(stage.gates(x, stage_states))
+                names = [
+                    self.component_names["cells"][i] + "/gate"
+                    for i in stage.indices
+                    if is_sgu(self.cells[i])
+                ]
+                wanted = [self._traced(n) for n in names]
+                if any(wanted):
+                    gates = stage.gates(x, stage_states)
+                    traces.extend(g for g, w in zip(gates, wanted) if w)
                 x, stage_new = stage(x, stage_states, training=training)
             new_states.extend(stage_new)
         y = x
@@ -458,9 +517,13 @@ class SuperloopCell(keras.layers.Layer):
             control = controls[:, start : start + system.control_size]
             start += system.control_size
             with keras.name_scope(scope):
-                if self.trace:
+                keys = [
+                    k for k in system.trace_sizes
+                    if self._traced(f"{scope}/{k}")
+                ]
+                if keys:
                     step_trace = system.trace(control, sys_states)
-                    traces.extend(step_trace[k] for k in system.trace_sizes)
+                    traces.extend(step_trace[k] for k in keys)
                 out, sys_new = system(control, sys_states, training=training)
             outputs.append(out)
             system_new.extend(sys_new)
@@ -492,7 +555,11 @@ class SuperloopCell(keras.layers.Layer):
                 self.control_bias_initializer
             ),
             "fused": self.fused,
-            "trace": self.trace,
+            "trace": (
+                self.trace
+                if self._trace_selection is None
+                else list(self._trace_selection)
+            ),
         }
 
     @classmethod

@@ -51,6 +51,21 @@ def test_fused_is_checked(bad, error):
         sc.SuperloopCell([sc.SGUCell(3)] * 3, fused=bad)
 
 
+@pytest.mark.parametrize("bad, error, message", [
+    ("attention/position", TypeError, "list of trace names, got "
+                                      "'attention/position'"),
+    ([1], TypeError, r"list of trace names, got \[1\]"),
+    (1, TypeError, "list of trace names, got 1"),
+    ([], ValueError, r"an empty list; this cell's traces are \['sgu_0/gate'"),
+    (["attention/where"], ValueError,
+     r"unknown trace names \['attention/where'\]; this cell's traces are "
+     r"\['sgu_0/gate', 'attention/position', 'attention/weights'\]"),
+])
+def test_trace_is_checked(bad, error, message):
+    with pytest.raises(error, match="argument `trace`: .*" + message):
+        sc.SuperloopCell([sc.SGUCell(3)], [sc.Attention(4, 1)], trace=bad)
+
+
 def test_empty_cells():
     with pytest.raises(ValueError, match="`cells`.*empty list"):
         sc.SuperloopCell([], [sc.RegisterMemory(2, 2)])

@@ -36,7 +36,8 @@ SMOKE = {
          "--train-samples", "32", "--test-samples", "16", "--epochs", "2",
          "--batch-size", "16", "--max-gap", "2", "--curriculum",
          "--falloff", "gaussian", "--sharpness", "8", "--no-read-gradient",
-         "--integer-moves", "--keep-best", "--cosine-decay", "--no-baseline"],
+         "--integer-moves", "--keep-best", "--cosine-decay", "--no-baseline",
+         "--loss-steps", "3"],
         ["test_accuracy", "train_seconds", "wall_seconds", "kept_epoch",
          "kept_epoch_seconds", "validation_accuracy"],
     ),
@@ -197,15 +198,20 @@ def test_find_last_two_goes_on_from_a_saved_model(tmp_path):
             "--integer-moves", "--no-jit-compile"]
     first = find_last_two.main(argv + ["--epochs", "2",
                                        "--out", str(tmp_path / "a")])
-    # No further epochs: the reloaded model answers the same test set alike.
-    again = find_last_two.main(argv + [
-        "--epochs", "0", "--out", str(tmp_path / "b"),
-        "--initial-model", str(tmp_path / "a" / "model.keras")])
-    assert again["test_accuracy"] == first["test_accuracy"]
-    assert again["parameters"] == first["parameters"]
+    # No further epochs: the reloaded model answers the same test set alike,
+    # also when it is rebuilt to train on the last 3 positions.
+    for loss_steps in ("1", "3"):
+        again = find_last_two.main(argv + [
+            "--epochs", "0", "--out", str(tmp_path / ("b" + loss_steps)),
+            "--loss-steps", loss_steps,
+            "--initial-model", str(tmp_path / "a" / "model.keras")])
+        assert again["test_accuracy"] == first["test_accuracy"]
+        assert again["parameters"] == first["parameters"]
     _, cell = find_last_two.load_superloop(
         str(tmp_path / "a" / "model.keras"), 6)
     assert cell.systems[0].integer_moves and cell.systems[0].sharpness == 3
+    with pytest.raises(SystemExit):  # argparse: --loss-steps above --steps
+        find_last_two.main(argv + ["--loss-steps", "7"])
     with pytest.raises(ValueError, match="runs 6 steps; got --steps 7"):
         find_last_two.main(["--steps", "7", "--out", str(tmp_path / "c"),
                             "--initial-model",
@@ -228,3 +234,26 @@ def test_rounded_accuracy_keeps_the_best_epochs_weights():
     assert monitor.best_seconds >= 0.0
     monitor.restore_best()
     np.testing.assert_array_equal(model.get_weights()[0], [[1.0]])
+
+
+def test_find_last_two_diagnosis_of_a_head_that_walks_right():
+    # A head whose control is its bias alone (softsign(1.5) rounds to +1)
+    # stands on slot t after step t: the diagnosis follows from the data.
+    args = find_last_two.parse_args(["--steps", "6", "--units", "4",
+                                     "--depth", "1"])
+    _, _, cell = find_last_two.build_superloop(args)
+    cell.control_kernel.assign(np.zeros(cell.control_kernel.shape, "f4"))
+    cell.control_bias.assign(np.full(cell.control_bias.shape, 1.5, "f4"))
+    values, target = find_last_two.make_data(300, np.random.default_rng(2))
+    got = find_last_two.diagnose(cell, values, target, 6, 1.0)
+    peak = np.argmax(values == 9, axis=1)
+    expected = {
+        "reached_the_9": np.mean(peak <= 6),
+        "ended_on_a_2": np.mean(values[:, 6] == 2),
+        "ended_right_of_answer": np.mean(target < 6),
+        "ended_left_of_answer": np.mean(target > 6),
+        "stalled_before_the_9": 0.0,
+    }
+    assert got == pytest.approx(expected, abs=1e-4)
+    assert 0 < expected["reached_the_9"] < 1  # the case is not trivial
+    assert list(find_last_two.first_two(np.array([[0, 2, 2, 9]]))) == [1]

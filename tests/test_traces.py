@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import superloop_cell as sc
 from helpers import randomize, sgu_layers
@@ -116,3 +117,65 @@ def test_plot_traces_writes_a_png(tmp_path):
     image = matplotlib.image.imread(path)
     assert image.shape[0] > 200 and image.shape[1] > 200
     assert image[..., :3].std() > 0.05  # not blank
+
+
+def test_selected_traces_equal_the_full_ones_and_keep_their_order():
+    full = _cell(trace=True)
+    names = ["neural_stack/read_weights", "attention/position", "sgu_1/gate"]
+    some = _cell(trace=names)
+    assert some.trace is True
+    # Layout order is the full cell's order, whatever the order asked for.
+    assert [n for n, _ in some.trace_layout] == [
+        "sgu_1/gate", "attention/position", "neural_stack/read_weights"]
+    assert some.output_size == 5 + 5 + 1 + 4
+    assert sc.trace_names(full.cells, full.systems) == [
+        n for n, _ in full.trace_layout]
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(3, 9, 2)).astype("f4")
+    d = rng.normal(size=(3, 6, 1)).astype("f4")
+    outputs = {}
+    for cell in (full, some):
+        layer = keras.layers.RNN(cell, return_sequences=True)
+        layer.build((None, None, 2))
+        outputs[id(cell)] = layer
+    randomize(full, scale=0.5, seed=8)
+    some.set_weights(full.get_weights())
+    y_full, traces_full = full.split_output(keras.ops.convert_to_numpy(
+        outputs[id(full)](x, initial_state=sc.initial_state(full, x, d))))
+    y_some, traces_some = some.split_output(keras.ops.convert_to_numpy(
+        outputs[id(some)](x, initial_state=sc.initial_state(some, x, d))))
+    np.testing.assert_allclose(y_some, y_full, atol=ATOL)
+    assert sorted(traces_some) == sorted(names)
+    for name in names:
+        np.testing.assert_allclose(traces_some[name], traces_full[name],
+                                   atol=ATOL)
+
+
+def test_selected_traces_round_trip_through_config():
+    cell = _cell(trace=["attention/position"])
+    config = cell.get_config()
+    assert config["trace"] == ["attention/position"]
+    twin = sc.SuperloopCell.from_config(config)
+    assert twin.trace_layout == [("attention/position", 1)]
+    assert sc.SuperloopCell.from_config(_cell(True).get_config()).trace is True
+
+
+def test_a_position_trace_trains_a_loss_on_every_step():
+    # The use the selection is for: a loss on the head's position at each
+    # step, through the integer moves' straight-through gradient.
+    head = sc.Attention(5, 1, integer_moves=True, falloff="gaussian",
+                        sharpness=8.0, normalize=True)
+    cell = sc.SuperloopCell([sc.SGUCell(4)], [head],
+                            trace=["attention/position"])
+    steps = keras.Input((6, 0))
+    data = keras.Input((5, 1))
+    seq = keras.layers.RNN(cell, return_sequences=True)(
+        steps, initial_state=sc.initial_state(cell, steps, data))
+    model = keras.Model([steps, data], seq)
+    x = [np.zeros((4, 6, 0), "f4"),
+         np.random.default_rng(9).random((4, 5, 1)).astype("f4")]
+    with tf.GradientTape() as tape:
+        position = cell.split_output(model(x))[1]["attention/position"]
+        loss = keras.ops.mean(keras.ops.square(position - 1.0))
+    grads = tape.gradient(loss, cell.control_bias)
+    assert np.all(np.isfinite(grads)) and np.abs(grads).max() > 0
