@@ -6,45 +6,42 @@ the index of the last 2 before the 9.
 
 The model never sees the data as input. Its sequence input has width 0 —
 it only sets the number of steps (64) — and the data is the per-sample
-context of an `Attention` head: the superloop reads one blurred value per
-step at the head's position and moves the head. The answer is where the
-head stands after the last step: the position state, read with
-`return_state=True`, is the model's output, trained against the index
-with a loss on that final position only.
+context of a read head: each step the superloop reads the value under the
+head and moves it. The answer is where the head stands after the last
+step: the position state, read with `return_state=True`, is the model's
+output. A GRU that reads the 16 values as a 16-step sequence and regresses
+the index with a Dense layer is the baseline.
 
-A GRU that reads the 16 values as a 16-step sequence and regresses the
-index with a Dense layer is the baseline.
+The default head is `HardAttention`: it stands on one slot and reads it
+exactly; each step the controller gives the logits of the moves −1, 0, +1,
+a move is sampled in training (the most likely one is taken otherwise),
+and the controller is trained by REINFORCE on the reward −|final position
+− answer|, with an entropy bonus (`--entropy-weight`). Training data gets
+one more 2 before the answer in every sample whose answer is ≥ 1
+(`--distractors`), so that stopping on the first 2 met — a shortcut right
+in 55 % of the test samples, which needs no memory of the 9 — is wrong
+there. `--curriculum` starts with answers right before the 9 and widens the
+gap over the first half of the epochs; `--keep-best` keeps the weights of
+the epoch that did best on a validation set (the test set is used once).
 
-What to expect: this is hard for the superloop. With a soft head, one read
-mixes a slot with its neighbours (with the squared falloff the slot itself
-has about a third of the weight), so telling a 2 from a 1 or a 3 takes
-several reads around it, and the only training signal is where the head
-ends up. The GRU, which sees the values exactly, solves the task in
-seconds.
-
-What helps (README, Results), and is the default: whole-slot moves
-(`--integer-moves`: each move is rounded to −1, 0 or +1 slot, with a
-straight-through gradient), so the head always stands on a slot and a sharp
-read (`--falloff gaussian --sharpness 8`) is exactly that slot's value; the
-read treated as an observation (`--no-read-gradient`); `--curriculum`, which
-starts with answers right before the 9 and widens the gap over the first
-half of the epochs; and `--keep-best`, which keeps the weights of the epoch
-that did best on a validation set (accuracy swings from epoch to epoch).
-The head learns to walk to the 9 and back; stopping on the right 2 is what
-takes long to learn. `--loss-steps K` puts the loss on the head's position
-at each of the last K steps (it must get there and stay), through a cell
-that carries only that trace. The summary's `diagnosis` says how the head
-fails (did it reach the 9, did it end on a 2, on which side of the answer,
-did it stall before the 9), and `first_two_accuracy` scores the shortcut of
-stopping on the first 2 met, which needs no memory of having seen the 9.
+`--no-hard-attention` trains the soft `Attention` head of the earlier
+sessions instead, on its final position (or the last `--loss-steps`), with
+its options (`--integer-moves`, `--falloff`, `--sharpness`, ...): its
+straight-through gradient pushes every move of a walk alike, including
+those of the walk to the 9, and its training collapses (README, Results).
+The summary's `diagnosis` says how the head fails (did it reach the 9, did
+it end on a 2, on which side of the answer, did it stall before the 9), and
+`first_two_accuracy` scores the first-2 shortcut.
 
     python examples/find_last_two.py                  # about 4 minutes
-    python examples/find_last_two.py --epochs 500 --no-baseline \
-        --out runs/flt_500                            # about 16 minutes
+    # the soft head of the previous session (68.8 % after 16 minutes):
+    python examples/find_last_two.py --no-hard-attention --epochs 500 \
+        --no-baseline --out runs/flt_500
     # the settings of the earlier sessions, for comparison:
-    python examples/find_last_two.py --no-integer-moves --falloff squared \
-        --sharpness 1 --read-gradient --no-curriculum --no-keep-best \
-        --depth 3 --learning-rate 3e-3 --epochs 30 --no-jit-compile
+    python examples/find_last_two.py --no-hard-attention \
+        --no-integer-moves --falloff squared --sharpness 1 --read-gradient \
+        --no-curriculum --no-keep-best --depth 3 --learning-rate 3e-3 \
+        --epochs 30 --no-jit-compile
 """
 
 import argparse
@@ -114,7 +111,8 @@ def diagnose(cell, values, target, steps, scale):
     data = (values[..., None] * scale).astype("float32")
     no_input = np.zeros((len(values), steps, 0), "float32")
     _, traces = sc.run_with_traces(cell, no_input, data)
-    positions = np.round(traces["attention/position"][..., 0]).astype(int)
+    head = cell.component_names["systems"][0]
+    positions = np.round(traces[f"{head}/position"][..., 0]).astype(int)
     final = positions[:, -1]
     peak = np.argmax(values == PEAK_VALUE, axis=1)
     reached = np.any(positions == peak[:, None], axis=1)
@@ -141,17 +139,25 @@ def build_superloop(args, like=None):
     # With a loss on several steps, the cell carries the head's position
     # per step: only that trace, which costs little (see README).
     trace = ["attention/position"] if args.loss_steps > 1 else False
+    hard = (args.hard_attention if like is None
+            else isinstance(like.systems[0], sc.HardAttention))
+    if hard and trace:
+        raise ValueError("--loss-steps applies to the soft `Attention` head "
+                         "(--no-hard-attention); got --loss-steps "
+                         f"{args.loss_steps} with a HardAttention head")
     if like is None:
+        if args.hard_attention:
+            head = sc.HardAttention(POSITIONS, 1, seed=args.seed)
+        else:
+            head = sc.Attention(POSITIONS, 1, falloff=args.falloff,
+                                normalize=args.normalize,
+                                clip_position=args.clip_position,
+                                sharpness=args.sharpness,
+                                read_gradient=args.read_gradient,
+                                integer_moves=args.integer_moves)
         cell = sc.SuperloopCell(
-            [sc.SGUCell(args.units) for _ in range(args.depth)],
-            [sc.Attention(POSITIONS, 1, falloff=args.falloff,
-                          normalize=args.normalize,
-                          clip_position=args.clip_position,
-                          sharpness=args.sharpness,
-                          read_gradient=args.read_gradient,
-                          integer_moves=args.integer_moves)],
-            trace=trace,
-        )
+            [sc.SGUCell(args.units) for _ in range(args.depth)], [head],
+            trace=trace)
     else:
         config = {**like.get_config(), "trace": trace}
         config.pop("name", None)
@@ -159,7 +165,15 @@ def build_superloop(args, like=None):
     steps = keras.Input((args.steps, 0), name="steps")
     data = keras.Input((POSITIONS, 1), name="data")
     states = sc.initial_state(cell, steps, data)
-    if trace:
+    if hard:
+        # The trainer's output is what the REINFORCE loss needs: the final
+        # position, the log-probability of the walk and its mean entropy.
+        _, *final = keras.layers.RNN(cell, return_state=True)(
+            steps, initial_state=states)
+        position, log_prob, entropy = cell.system_states(final, 0)[:3]
+        tail = keras.layers.Concatenate()(
+            [position, log_prob, entropy / args.steps])
+    elif trace:
         outputs = keras.layers.RNN(cell, return_sequences=True)(
             steps, initial_state=states)
         positions = cell.split_output(outputs)[1]["attention/position"]
@@ -193,9 +207,23 @@ def build_gru(units):
     return keras.Model(data, index, name="gru_baseline")
 
 
-def compile_model(model, args, epochs, learning_rate):
-    loss = (keras.losses.Huber(delta=1.0) if args.loss == "huber"
-            else "mse")
+def walk_loss(entropy_weight):
+    """The loss of a `HardAttention` walk: REINFORCE with the reward
+    −|final position − answer| (`y_pred` is the trainer's output)."""
+
+    def loss(target, outputs):
+        target = keras.ops.reshape(target, (-1,))
+        reward = -keras.ops.abs(outputs[:, 0] - target)
+        return sc.reinforce_loss(reward, outputs[:, 1], outputs[:, 2],
+                                 entropy_weight)
+
+    return loss
+
+
+def compile_model(model, args, epochs, learning_rate, loss=None):
+    if loss is None:
+        loss = (keras.losses.Huber(delta=1.0) if args.loss == "huber"
+                else "mse")
     if args.cosine_decay and epochs > 0:
         batches = -(-args.train_samples // args.batch_size)
         learning_rate = keras.optimizers.schedules.CosineDecay(
@@ -216,6 +244,19 @@ def curriculum_gap(epoch, args):
     return gap
 
 
+def add_distractors(values, target, share, rng):
+    """Puts one more 2 before the answer in `share` of the samples whose
+    answer is ≥ 1 (the answer stays the last 2 before the 9): for them,
+    stopping on the first 2 met is wrong. Returns new values."""
+    if not share:
+        return values
+    values = values.copy()
+    picked = np.nonzero((target >= 1) & (rng.random(len(target)) < share))[0]
+    slots = (rng.random(len(picked)) * target[picked]).astype(np.int64)
+    values[picked, slots] = TARGET_VALUE
+    return values
+
+
 def scaled(values, args):
     return (values[..., None] * args.scale).astype("float32")
 
@@ -227,6 +268,18 @@ def parse_args(argv):
     parser.add_argument("--units", type=int, default=32,
                         help="units per SGU layer")
     parser.add_argument("--depth", type=int, default=2, help="SGU layers")
+    parser.add_argument("--hard-attention",
+                        action=argparse.BooleanOptionalAction, default=True,
+                        help="a HardAttention head (moves sampled from the "
+                             "controller's policy, trained by REINFORCE); "
+                             "--no-hard-attention: the soft Attention head "
+                             "below, trained on its final position")
+    parser.add_argument("--entropy-weight", type=float, default=1.0,
+                        help="HardAttention: weight of the entropy bonus")
+    parser.add_argument("--distractors", type=float, default=None,
+                        help="share of training samples (answer ≥ 1) given "
+                             "one more 2 before the answer (default: 1.0 "
+                             "with --hard-attention, else 0)")
     parser.add_argument("--falloff", choices=("linear", "squared", "gaussian"),
                         default="gaussian", help="attention falloff")
     parser.add_argument("--sharpness", type=float, default=8.0,
@@ -262,7 +315,9 @@ def parse_args(argv):
     parser.add_argument("--test-samples", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="default: 3e-3 with --hard-attention, else "
+                             "1e-3")
     parser.add_argument("--loss", choices=("mse", "huber"), default="mse")
     parser.add_argument("--loss-steps", type=int, default=1,
                         help="the loss is on the head's position at each of "
@@ -288,6 +343,14 @@ def parse_args(argv):
     parser.add_argument("--baseline-epochs", type=int, default=20)
     parser.add_argument("--baseline-learning-rate", type=float, default=3e-3)
     args = parser.parse_args(argv)
+    if args.learning_rate is None:
+        args.learning_rate = 3e-3 if args.hard_attention else 1e-3
+    if args.distractors is None:
+        args.distractors = 1.0 if args.hard_attention else 0.0
+    if not 0.0 <= args.distractors <= 1.0:
+        parser.error(f"--distractors must be in [0, 1], got {args.distractors}")
+    if args.entropy_weight < 0:
+        parser.error(f"--entropy-weight must be ≥ 0, got {args.entropy_weight}")
     if not 1 <= args.loss_steps <= args.steps:
         parser.error(f"--loss-steps must be in 1..--steps ({args.steps}), "
                      f"got {args.loss_steps}")
@@ -312,15 +375,18 @@ def main(argv=None):
     if args.initial_model:
         saved = load_superloop(args.initial_model, args.steps)[1]
     model, trainer, cell = build_superloop(args, like=saved)
-    compile_model(trainer, args, args.epochs, args.learning_rate)
     head = cell.systems[0]
+    hard = isinstance(head, sc.HardAttention)
+    compile_model(trainer, args, args.epochs, args.learning_rate,
+                  walk_loss(args.entropy_weight) if hard else None)
+    options = {k: v for k, v in head.get_config().items()
+               if k not in ("name", "trainable", "dtype", "positions",
+                            "width")}
     print(f"superloop: {len(cell.cells)}×SGUCell({cell.cells[0].units}), "
-          f"Attention({POSITIONS}, 1, falloff={head.falloff!r}, sharpness="
-          f"{head.sharpness}, read_gradient={head.read_gradient}, "
-          f"integer_moves={head.integer_moves}, normalize="
-          f"{head.normalize}, clip_position={head.clip_position}), "
-          f"{args.steps} steps, {model.count_params()} parameters, loss "
-          f"on the position at the last {args.loss_steps} step(s)"
+          f"{type(head).__name__}({POSITIONS}, 1, {options}), "
+          f"{args.steps} steps, {model.count_params()} parameters, "
+          + ("REINFORCE on the final position" if hard else
+             f"loss on the position at the last {args.loss_steps} step(s)")
           + (f", from {args.initial_model}" if args.initial_model else ""))
     test_inputs = [test_no_input, test_data]
     if args.keep_best:
@@ -337,7 +403,9 @@ def main(argv=None):
     for epoch in range(args.epochs):
         values, target = make_data(args.train_samples, rng,
                                    max_gap=curriculum_gap(epoch, args))
-        target = np.repeat(target[:, None], args.loss_steps, axis=1)
+        values = add_distractors(values, target, args.distractors, rng)
+        if not hard:
+            target = np.repeat(target[:, None], args.loss_steps, axis=1)
         trainer.fit([no_input, scaled(values, args)], target.astype("float32"),
                     batch_size=args.batch_size, initial_epoch=epoch,
                     epochs=epoch + 1, callbacks=[monitor],

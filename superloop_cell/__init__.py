@@ -13,6 +13,7 @@ from superloop_cell.superloop import SuperloopCell, trace_names
 from superloop_cell.traces import run_with_traces, traced_copy
 from superloop_cell.systems.attention import Attention
 from superloop_cell.systems.base import ExternalSystem
+from superloop_cell.systems.hard_attention import HardAttention, reinforce_loss
 from superloop_cell.systems.neural_stack import NeuralStack
 from superloop_cell.systems.register_memory import RegisterMemory
 
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Attention",
     "ExternalSystem",
+    "HardAttention",
     "RegisterMemory",
     "SGUCell",
     "SGUStack",
@@ -29,6 +31,7 @@ __all__ = [
     "SuperloopInitialState",
     "NeuralStack",
     "initial_state",
+    "reinforce_loss",
     "trace_names",
     "run_with_traces",
     "traced_copy",

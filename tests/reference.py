@@ -111,3 +111,29 @@ def superloop_run(x_seq, layers, control_kernel, control_bias, systems,
             fed.append(out)
         feedback = np.concatenate(fed, axis=-1)
     return np.stack(outputs, axis=1), sys_state, hs
+
+
+def hard_attention_step(control, position, log_prob, entropy, data,
+                        choice=None):
+    """HardAttention, one step. `choice` (batch,) in {0, 1, 2} is the move
+    taken (−1, 0, +1); None takes the most likely one."""
+    positions = data.shape[1]
+    shifted = control - control.max(axis=-1, keepdims=True)
+    log_pi = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    if choice is None:
+        choice = control.argmax(axis=-1)
+    rows = np.arange(len(control))
+    p = np.clip(position + (choice - 1.0)[:, None], 0, positions - 1)
+    log_prob = log_prob + log_pi[rows, choice][:, None]
+    entropy = entropy - (np.exp(log_pi) * log_pi).sum(axis=-1, keepdims=True)
+    out = data[rows, p[:, 0].astype(int)]
+    return out, p, log_prob, entropy
+
+
+def reinforce_loss(reward, log_prob, entropy=None, entropy_weight=0.0):
+    advantage = reward - reward.mean()
+    advantage = advantage / (advantage.std() + 1e-3)
+    loss = -advantage * log_prob
+    if entropy is not None:
+        loss = loss - entropy_weight * entropy
+    return loss

@@ -37,7 +37,7 @@ SMOKE = {
          "--batch-size", "16", "--max-gap", "2", "--curriculum",
          "--falloff", "gaussian", "--sharpness", "8", "--no-read-gradient",
          "--integer-moves", "--keep-best", "--cosine-decay", "--no-baseline",
-         "--loss-steps", "3"],
+         "--loss-steps", "3", "--no-hard-attention"],
         ["test_accuracy", "train_seconds", "wall_seconds", "kept_epoch",
          "kept_epoch_seconds", "validation_accuracy"],
     ),
@@ -190,17 +190,22 @@ def test_counter_counts_and_round_trips_its_config():
         custom_system.Counter(0)
 
 
-def test_find_last_two_goes_on_from_a_saved_model(tmp_path):
+@pytest.mark.parametrize("head", [
+    ["--no-hard-attention", "--falloff", "gaussian", "--sharpness", "3",
+     "--integer-moves"],
+    ["--hard-attention"],
+], ids=["attention", "hard_attention"])
+def test_find_last_two_goes_on_from_a_saved_model(tmp_path, head):
     argv = ["--steps", "6", "--units", "4", "--depth", "2",
             "--train-samples", "32", "--test-samples", "64",
             "--batch-size", "16", "--no-baseline", "--verbose", "0",
-            "--seed", "5", "--falloff", "gaussian", "--sharpness", "3",
-            "--integer-moves", "--no-jit-compile"]
+            "--seed", "5", "--no-jit-compile"] + head
+    hard = head == ["--hard-attention"]
     first = find_last_two.main(argv + ["--epochs", "2",
                                        "--out", str(tmp_path / "a")])
     # No further epochs: the reloaded model answers the same test set alike,
     # also when it is rebuilt to train on the last 3 positions.
-    for loss_steps in ("1", "3"):
+    for loss_steps in ("1",) if hard else ("1", "3"):
         again = find_last_two.main(argv + [
             "--epochs", "0", "--out", str(tmp_path / ("b" + loss_steps)),
             "--loss-steps", loss_steps,
@@ -209,7 +214,17 @@ def test_find_last_two_goes_on_from_a_saved_model(tmp_path):
         assert again["parameters"] == first["parameters"]
     _, cell = find_last_two.load_superloop(
         str(tmp_path / "a" / "model.keras"), 6)
-    assert cell.systems[0].integer_moves and cell.systems[0].sharpness == 3
+    if hard:
+        assert isinstance(cell.systems[0], find_last_two.sc.HardAttention)
+        with pytest.raises(ValueError, match="--loss-steps applies to the "
+                                             "soft `Attention` head"):
+            find_last_two.main(argv + [
+                "--epochs", "0", "--loss-steps", "3",
+                "--out", str(tmp_path / "d"),
+                "--initial-model", str(tmp_path / "a" / "model.keras")])
+    else:
+        assert (cell.systems[0].integer_moves
+                and cell.systems[0].sharpness == 3)
     with pytest.raises(SystemExit):  # argparse: --loss-steps above --steps
         find_last_two.main(argv + ["--loss-steps", "7"])
     with pytest.raises(ValueError, match="runs 6 steps; got --steps 7"):
@@ -240,7 +255,7 @@ def test_find_last_two_diagnosis_of_a_head_that_walks_right():
     # A head whose control is its bias alone (softsign(1.5) rounds to +1)
     # stands on slot t after step t: the diagnosis follows from the data.
     args = find_last_two.parse_args(["--steps", "6", "--units", "4",
-                                     "--depth", "1"])
+                                     "--depth", "1", "--no-hard-attention"])
     _, _, cell = find_last_two.build_superloop(args)
     cell.control_kernel.assign(np.zeros(cell.control_kernel.shape, "f4"))
     cell.control_bias.assign(np.full(cell.control_bias.shape, 1.5, "f4"))
@@ -257,3 +272,15 @@ def test_find_last_two_diagnosis_of_a_head_that_walks_right():
     assert got == pytest.approx(expected, abs=1e-4)
     assert 0 < expected["reached_the_9"] < 1  # the case is not trivial
     assert list(find_last_two.first_two(np.array([[0, 2, 2, 9]]))) == [1]
+
+
+def test_find_last_two_distractors_keep_the_answer_and_break_the_shortcut():
+    rng = np.random.default_rng(6)
+    values, target = find_last_two.make_data(400, rng)
+    more = find_last_two.add_distractors(values, target, 1.0, rng)
+    assert [find_last_two.answer(row) for row in more] == list(target)
+    shortcut = find_last_two.first_two(more) == target
+    # Every sample with an answer ≥ 1 now has an earlier 2.
+    assert not np.any(shortcut & (target >= 1))
+    assert np.array_equal(more[target == 0], values[target == 0])
+    assert find_last_two.add_distractors(values, target, 0.0, rng) is values

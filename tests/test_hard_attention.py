@@ -1,0 +1,135 @@
+"""HardAttention (sampled moves) and reinforce_loss against NumPy."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import superloop_cell as sc
+from reference import hard_attention_step, reinforce_loss
+
+ATOL = 1e-5
+
+
+def _states(batch, positions, width, rng):
+    return [rng.integers(0, positions, (batch, 1)).astype("f4"),
+            rng.normal(size=(batch, 1)).astype("f4"),
+            rng.random((batch, 1)).astype("f4"),
+            rng.normal(size=(batch, positions * width)).astype("f4")]
+
+
+def test_greedy_steps_match_numpy():
+    rng = np.random.default_rng(0)
+    head = sc.HardAttention(5, 2)
+    states = _states(6, 5, 2, rng)
+    ref = [s.astype(np.float64) for s in states[:3]]
+    data = states[3].reshape(6, 5, 2).astype(np.float64)
+    for _ in range(8):  # walks into both clips
+        control = (3 * rng.normal(size=(6, 3))).astype("f4")
+        out, states = head(control, states, training=False)
+        ref_out, *ref = hard_attention_step(control, *ref, data)
+        np.testing.assert_allclose(out, ref_out, atol=ATOL)
+        for got, want in zip(states[:3], ref):
+            np.testing.assert_allclose(got, want, atol=ATOL)
+    np.testing.assert_array_equal(states[3], data.reshape(6, 10))
+
+
+def test_sampled_moves_follow_the_policy_and_are_scored():
+    head = sc.HardAttention(7, 1, seed=3)
+    n = 20000
+    logits = np.log(np.array([[0.2, 0.3, 0.5]], "f4")).repeat(n, axis=0)
+    start = np.full((n, 1), 3.0, "f4")
+    zeros = np.zeros((n, 1), "f4")
+    data = np.tile(np.arange(7, dtype="f4"), (n, 1))
+    out, (position, log_prob, entropy, _) = head(
+        logits, [start, zeros, zeros, data], training=True)
+    moves = np.asarray(position)[:, 0] - 3.0
+    share = [np.mean(moves == m) for m in (-1, 0, 1)]
+    # Binomial standard error at n = 20000 is at most 0.0036.
+    np.testing.assert_allclose(share, [0.2, 0.3, 0.5], atol=0.015)
+    # Each sample's log-probability is that of the move it took; the read
+    # is the slot it stands on.
+    np.testing.assert_allclose(np.exp(log_prob)[:, 0],
+                               np.array([0.2, 0.3, 0.5])[moves.astype(int) + 1],
+                               atol=ATOL)
+    np.testing.assert_allclose(out[:, 0], np.asarray(position)[:, 0])
+    h = -np.sum([p * np.log(p) for p in (0.2, 0.3, 0.5)])
+    np.testing.assert_allclose(entropy, np.full((n, 1), h), atol=ATOL)
+
+
+def test_gradient_reaches_the_controls_only_through_log_prob_and_entropy():
+    head = sc.HardAttention(4, 1)
+    rng = np.random.default_rng(1)
+    states = [tf.constant(s) for s in _states(3, 4, 1, rng)]
+    control = tf.Variable(rng.normal(size=(3, 3)).astype("f4"))
+    with tf.GradientTape(persistent=True) as tape:
+        out, (position, log_prob, entropy, _) = head(control, states)
+    for no_gradient in (out, position):
+        assert tape.gradient(no_gradient, control) is None
+    # d log π(a)/d logits = onehot(a) − π for the greedy a.
+    pi = tf.nn.softmax(control).numpy()
+    expected = np.eye(3)[pi.argmax(-1)] - pi
+    np.testing.assert_allclose(tape.gradient(log_prob, control), expected,
+                               atol=ATOL)
+    assert np.abs(tape.gradient(entropy, control)).max() > 0
+
+
+def test_reinforce_loss_matches_numpy_and_favours_better_walks():
+    rng = np.random.default_rng(2)
+    reward = rng.normal(size=8).astype("f4")
+    log_prob = rng.normal(size=8).astype("f4")
+    entropy = rng.random(8).astype("f4")
+    got = sc.reinforce_loss(reward, log_prob, entropy, 0.3)
+    np.testing.assert_allclose(
+        got, reinforce_loss(reward.astype(np.float64), log_prob, entropy, 0.3),
+        atol=ATOL)
+    # Lowering the loss raises the log-probability of above-average walks.
+    lp = tf.Variable(log_prob)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(sc.reinforce_loss(reward, lp))
+    grad = tape.gradient(loss, lp).numpy()
+    assert np.all(np.sign(-grad) == np.sign(reward - reward.mean()))
+    with pytest.raises(ValueError, match="`entropy_weight`.*-1"):
+        sc.reinforce_loss(reward, log_prob, entropy, -1)
+
+
+def test_untrained_head_walks_forward_and_trains_under_fit():
+    keras.utils.set_random_seed(4)
+    cell = sc.SuperloopCell([sc.SGUCell(4)], [sc.HardAttention(6, 1, seed=4)])
+    steps = keras.Input((5, 0))
+    data = keras.Input((6, 1))
+    _, *final = keras.layers.RNN(cell, return_state=True)(
+        steps, initial_state=sc.initial_state(cell, steps, data))
+    position, log_prob, entropy = cell.system_states(final, 0)[:3]
+    model = keras.Model([steps, data], keras.layers.Concatenate()(
+        [position, log_prob, entropy]))
+    x = [np.zeros((64, 5, 0), "f4"),
+         np.random.default_rng(5).random((64, 6, 1)).astype("f4")]
+    greedy = model.predict(x, verbose=0)
+    # forward_bias 2: the greedy walk is +1 per step, 5 steps from slot 0.
+    np.testing.assert_array_equal(greedy[:, 0], 5.0)
+
+    def loss(target, out):
+        return sc.reinforce_loss(-keras.ops.abs(out[:, 0] - target[:, 0]),
+                                 out[:, 1], out[:, 2], 0.1)
+
+    model.compile(keras.optimizers.Adam(1e-2), loss)
+    before = [w.copy() for w in cell.get_weights()]
+    model.fit(x, np.zeros((64, 1), "f4"), epochs=1, batch_size=32, verbose=0)
+    changed = [np.abs(a - b).max() > 0
+               for a, b in zip(before, cell.get_weights())]
+    assert all(changed)
+
+
+def test_config_round_trip_and_bad_arguments():
+    head = sc.HardAttention(9, 2, forward_bias=1.5, seed=7)
+    clone = sc.HardAttention.from_config(head.get_config())
+    assert (clone.positions, clone.width, clone.forward_bias, clone.seed) == (
+        9, 2, 1.5, 7)
+    assert head.state_size == [1, 1, 1, 18] and head.control_size == 3
+    with pytest.raises(ValueError, match="`positions`.*0"):
+        sc.HardAttention(0, 1)
+    with pytest.raises(TypeError, match="`forward_bias`.*'2'"):
+        sc.HardAttention(3, 1, forward_bias="2")
+    with pytest.raises(TypeError, match="`seed`.*1.5"):
+        sc.HardAttention(3, 1, seed=1.5)
