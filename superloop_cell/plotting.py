@@ -19,8 +19,9 @@ def plot_traces(traces, path, sample=0, title=None):
     """Writes a PNG of one sample's traces.
 
     Panels: the SGU gates (mean `f` per layer, layers × time); per system,
-    a heatmap of its widest trace (attention weights over positions,
-    register store/recall, stack strengths) with its scalar traces
+    a heatmap of each wider trace (attention weights over positions,
+    register store/recall, stack strengths, a hard head's move
+    probabilities), the first with the system's scalar traces
     (attention position, push, pop) drawn over it as lines.
 
     Args:
@@ -53,7 +54,9 @@ def plot_traces(traces, path, sample=0, title=None):
         matrices = {k: v for k, v in parts.items() if v.shape[-1] > 1}
         lines = {k: v[:, 0] for k, v in parts.items() if v.shape[-1] == 1}
         for key, matrix in matrices.items():
-            panels.append((f"{name}: {key}", matrix.T, "slot", lines))
+            # HardAttention's move probabilities: rows are −1, 0, +1.
+            ylabel = "move + 1" if key == "probabilities" else "slot"
+            panels.append((f"{name}: {key}", matrix.T, ylabel, lines))
             lines = {}
         if lines:
             panels.append((f"{name}", None, "", lines))

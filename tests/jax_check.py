@@ -60,4 +60,21 @@ for kind in ("kernel", "recurrent_kernel", "bias"):
                          for c in unfused.cells[1:]])
     np.testing.assert_allclose(
         by_path[True][getattr(stack, kind).path], expected, atol=1e-5)
+
+# HardAttention predicts on JAX (above) but cannot sample inside the loop:
+# training says so clearly.
+cell = sc.SuperloopCell([sc.SGUCell(3)], [sc.HardAttention(4, 1, seed=0)])
+steps = keras.Input((3, 0))
+data = keras.Input((4, 1))
+_, *final = keras.layers.RNN(cell, return_state=True)(
+    steps, initial_state=sc.initial_state(cell, steps, data))
+walker = keras.Model([steps, data], cell.system_states(final, 0)[1])
+walker.compile("adam", lambda target, log_prob: -keras.ops.mean(log_prob))
+try:
+    walker.fit([np.zeros((4, 3, 0), "f4"), np.ones((4, 4, 1), "f4")],
+               np.zeros((4, 1), "f4"), verbose=0)
+except NotImplementedError as error:
+    assert "TensorFlow backend" in str(error), error
+else:
+    raise AssertionError("HardAttention trained on JAX")
 print("jax check ok")

@@ -131,5 +131,31 @@ def test_config_round_trip_and_bad_arguments():
         sc.HardAttention(0, 1)
     with pytest.raises(TypeError, match="`forward_bias`.*'2'"):
         sc.HardAttention(3, 1, forward_bias="2")
+    with pytest.raises(ValueError, match="`forward_bias`.*finite.*inf"):
+        sc.HardAttention(3, 1, forward_bias=float("inf"))
     with pytest.raises(TypeError, match="`seed`.*1.5"):
         sc.HardAttention(3, 1, seed=1.5)
+
+
+def test_traces_follow_the_greedy_walk():
+    cell = sc.SuperloopCell([sc.SGUCell(4)], [sc.HardAttention(6, 1)])
+    steps = keras.Input((9, 0))
+    data = keras.Input((6, 1))
+    _, *final = keras.layers.RNN(cell, return_state=True)(
+        steps, initial_state=sc.initial_state(cell, steps, data))
+    model = keras.Model([steps, data], cell.system_states(final, 0)[0])
+    rng = np.random.default_rng(8)
+    cell.control_kernel.assign(rng.normal(size=(4, 3)).astype("f4"))
+    x = np.zeros((5, 9, 0), "f4")
+    d = rng.normal(size=(5, 6, 1)).astype("f4")
+    _, traces = sc.run_with_traces(cell, x, d)
+    position = traces["hard_attention/position"][..., 0]
+    probabilities = traces["hard_attention/probabilities"]
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=ATOL)
+    moves = probabilities.argmax(-1) - 1.0
+    previous = np.concatenate([np.zeros((5, 1)), position[:, :-1]], axis=1)
+    np.testing.assert_array_equal(position, np.clip(previous + moves, 0, 5))
+    np.testing.assert_array_equal(traces["hard_attention/weights"],
+                                  np.eye(6)[position.astype(int)])
+    np.testing.assert_array_equal(position[:, -1],
+                                  model.predict([x, d], verbose=0)[:, 0])

@@ -21,11 +21,12 @@ def test_tensorflow_saved_model_runs_on_jax(tmp_path):
                              sc.NeuralStack(2, 3),
                              sc.Attention(4, 1, falloff="gaussian",
                                           sharpness=3.0, normalize=True,
-                                          integer_moves=True)], fused=True)
+                                          integer_moves=True),
+                             sc.HardAttention(4, 1)], fused=True)
     seq = keras.Input((None, 2))
     data = keras.Input((4, 1))
-    # Both heads walk over the same data.
-    states = sc.initial_state(cell, seq, [data, data])
+    # The three heads walk over the same data.
+    states = sc.initial_state(cell, seq, [data, data, data])
     out = keras.layers.RNN(cell, return_sequences=True)(
         seq, initial_state=states)
     model = keras.Model([seq, data], out)

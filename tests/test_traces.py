@@ -89,7 +89,8 @@ def test_trace_keys_and_widths():
 
 
 @pytest.mark.parametrize("system", [sc.RegisterMemory(2, 3),
-                                    sc.Attention(4, 2), sc.NeuralStack(2, 3)])
+                                    sc.Attention(4, 2), sc.NeuralStack(2, 3),
+                                    sc.HardAttention(4, 2)])
 def test_each_system_trace_matches_its_declared_sizes(system):
     control = np.random.default_rng(0).normal(
         size=(3, system.control_size)).astype("f4")

@@ -1,5 +1,7 @@
 """A hard read head whose moves are sampled: trained by policy gradient."""
 
+import math
+
 import keras
 from keras import ops
 
@@ -44,7 +46,8 @@ class HardAttention(ExternalSystem):
     with the Gumbel-max trick; otherwise (`predict`, `evaluate`) the head
     takes the most likely move, so answers are deterministic. Sampling uses
     `keras.random` in the loop's step, which the TensorFlow backend runs;
-    on JAX, use the head for inference.
+    on JAX the head predicts (a model saved under TensorFlow gives the same
+    answers) but training raises `NotImplementedError`.
 
     Args:
         positions: Positive integer, number of data slots.
@@ -69,6 +72,11 @@ class HardAttention(ExternalSystem):
                 f"expected a number, got {forward_bias!r} (type "
                 f"{type(forward_bias).__name__})."
             )
+        if not math.isfinite(forward_bias):
+            raise ValueError(
+                "Received an invalid value for argument `forward_bias`: "
+                f"expected a finite number, got {forward_bias!r}."
+            )
         self.forward_bias = float(forward_bias)
         if seed is not None and (
             isinstance(seed, bool) or not isinstance(seed, int)
@@ -82,7 +90,8 @@ class HardAttention(ExternalSystem):
         self.output_size = self.width
         self.context_shape = (self.positions, self.width)
         self.state_size = [1, 1, 1, self.positions * self.width]
-        self.trace_sizes = {"position": 1, "probabilities": len(MOVES)}
+        self.trace_sizes = {"position": 1, "weights": self.positions,
+                            "probabilities": len(MOVES)}
         self.control_kernel_initializer = keras.initializers.RandomUniform(
             -0.05, 0.05
         )
@@ -102,6 +111,14 @@ class HardAttention(ExternalSystem):
         return ops.argmax(control, axis=-1)
 
     def call(self, control, states, training=False):
+        if training and keras.backend.backend() == "jax":
+            # `keras.random` with a seed generator cannot run inside the
+            # `lax.scan` of Keras' JAX RNN (its state would leak tracers).
+            raise NotImplementedError(
+                "HardAttention samples its moves in training, which the JAX "
+                "backend cannot do inside the RNN loop; train with the "
+                "TensorFlow backend (a saved model predicts on JAX)."
+            )
         position, log_prob, entropy, data = states
         log_pi = _log_softmax(control)
         choice = self._choose(ops.stop_gradient(control), training)
@@ -126,7 +143,9 @@ class HardAttention(ExternalSystem):
         move = ops.cast(ops.argmax(control, axis=-1), control.dtype) - 1.0
         position = ops.clip(states[0] + move[:, None], 0.0,
                             float(self.positions - 1))
-        return {"position": position,
+        weights = ops.one_hot(ops.cast(position[:, 0], "int32"),
+                              self.positions, dtype=control.dtype)
+        return {"position": position, "weights": weights,
                 "probabilities": ops.exp(_log_softmax(control))}
 
     def get_config(self):
