@@ -130,8 +130,10 @@ def diagnose(cell, values, target, steps, scale):
 
 def build_superloop(args, like=None):
     """`(model, trainer, cell)`: `model` answers with the head's final
-    position `(batch, 1)`; `trainer` (the same layers) outputs its position
-    at each of the last `--loss-steps` steps, the loss's input.
+    position `(batch, 1)`; `trainer` (the same layers) outputs what the loss
+    needs: with `HardAttention`, `[final position, log-probability of the
+    walk, mean entropy per step]`; with `Attention`, the position at each of
+    the last `--loss-steps` steps.
 
     With `like` (a `SuperloopCell`), the cell is a copy of it, its weights
     included.
