@@ -91,8 +91,12 @@ class RoundedAccuracy(keras.callbacks.Callback):
         self._best_weights = None
         self._clock = Stopwatch()
 
+    @property
+    def _checked_model(self):
+        return self.checked or self.model
+
     def on_epoch_end(self, epoch, logs=None):
-        model = self.checked or self.model
+        model = self._checked_model
         accuracy = rounded_accuracy(model, self.inputs, self.target)
         if logs is not None:
             logs["val_rounded_accuracy"] = accuracy
@@ -105,7 +109,7 @@ class RoundedAccuracy(keras.callbacks.Callback):
     def restore_best(self):
         """Sets the model's weights to the best epoch's, if one was kept."""
         if self._best_weights is not None:
-            (self.checked or self.model).set_weights(self._best_weights)
+            self._checked_model.set_weights(self._best_weights)
 
 
 def write_traces(cell, sequences, contexts, path, title):

@@ -148,7 +148,7 @@ def build_superloop(args, like=None):
                          "(--no-hard-attention); got --loss-steps "
                          f"{args.loss_steps} with a HardAttention head")
     if like is None:
-        if args.hard_attention:
+        if hard:
             head = sc.HardAttention(POSITIONS, 1, seed=args.seed)
         else:
             head = sc.Attention(POSITIONS, 1, falloff=args.falloff,
@@ -167,15 +167,7 @@ def build_superloop(args, like=None):
     steps = keras.Input((args.steps, 0), name="steps")
     data = keras.Input((POSITIONS, 1), name="data")
     states = sc.initial_state(cell, steps, data)
-    if hard:
-        # The trainer's output is what the REINFORCE loss needs: the final
-        # position, the log-probability of the walk and its mean entropy.
-        _, *final = keras.layers.RNN(cell, return_state=True)(
-            steps, initial_state=states)
-        position, log_prob, entropy = cell.system_states(final, 0)[:3]
-        tail = keras.layers.Concatenate()(
-            [position, log_prob, entropy / args.steps])
-    elif trace:
+    if trace:
         outputs = keras.layers.RNN(cell, return_sequences=True)(
             steps, initial_state=states)
         positions = cell.split_output(outputs)[1]["attention/position"]
@@ -185,6 +177,12 @@ def build_superloop(args, like=None):
         _, *final = keras.layers.RNN(cell, return_state=True)(
             steps, initial_state=states)
         position = tail = cell.system_states(final, 0)[0]
+        if hard:
+            # What the REINFORCE loss needs: the final position, the
+            # log-probability of the walk and its mean entropy per step.
+            log_prob, entropy = cell.system_states(final, 0)[1:3]
+            tail = keras.layers.Concatenate()(
+                [position, log_prob, entropy / args.steps])
     model = keras.Model([steps, data], position, name="superloop")
     trainer = keras.Model([steps, data], tail, name="superloop_trainer")
     if like is not None:

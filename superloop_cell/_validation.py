@@ -5,6 +5,7 @@ its message names the argument and repeats what was received, in the style
 of Keras' own errors.
 """
 
+import math
 import numbers
 
 
@@ -38,6 +39,50 @@ def positive_float(name, value):
             f"(type {type(value).__name__})."
         )
     return float(value)
+
+
+def finite_float(name, value):
+    """Returns `value` as a `float`: `TypeError` for a non-number (or a
+    bool), `ValueError` for an infinite or NaN one, naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"Received an invalid value for argument `{name}`: expected a "
+            f"number, got {value!r} (type {type(value).__name__})."
+        )
+    if not math.isfinite(value):
+        raise ValueError(
+            f"Received an invalid value for argument `{name}`: expected a "
+            f"finite number, got {value!r}."
+        )
+    return float(value)
+
+
+def non_negative_float(name, value):
+    """Returns `value` as a `float` if it is a finite real ≥ 0 (not a
+    bool), else raises `ValueError` naming `name`."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not 0 <= value < float("inf")
+    ):
+        raise ValueError(
+            f"Received an invalid value for argument `{name}`: expected a "
+            f"non-negative number, got {value!r}."
+        )
+    return float(value)
+
+
+def optional_int(name, value):
+    """Returns `value` if it is None or an int (not a bool), else raises
+    `TypeError` naming `name`."""
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, numbers.Integral)
+    ):
+        raise TypeError(
+            f"Received an invalid value for argument `{name}`: expected an "
+            f"int or None, got {value!r} (type {type(value).__name__})."
+        )
+    return value
 
 
 def boolean(name, value):

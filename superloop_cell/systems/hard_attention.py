@@ -1,7 +1,5 @@
 """A hard read head whose moves are sampled: trained by policy gradient."""
 
-import math
-
 import keras
 from keras import ops
 
@@ -64,28 +62,9 @@ class HardAttention(ExternalSystem):
         super().__init__(**kwargs)
         self.positions = _validation.positive_int("positions", positions)
         self.width = _validation.positive_int("width", width)
-        if isinstance(forward_bias, bool) or not isinstance(
-            forward_bias, (int, float)
-        ):
-            raise TypeError(
-                "Received an invalid value for argument `forward_bias`: "
-                f"expected a number, got {forward_bias!r} (type "
-                f"{type(forward_bias).__name__})."
-            )
-        if not math.isfinite(forward_bias):
-            raise ValueError(
-                "Received an invalid value for argument `forward_bias`: "
-                f"expected a finite number, got {forward_bias!r}."
-            )
-        self.forward_bias = float(forward_bias)
-        if seed is not None and (
-            isinstance(seed, bool) or not isinstance(seed, int)
-        ):
-            raise TypeError(
-                "Received an invalid value for argument `seed`: expected an "
-                f"int or None, got {seed!r} (type {type(seed).__name__})."
-            )
-        self.seed = seed
+        self.forward_bias = _validation.finite_float("forward_bias",
+                                                     forward_bias)
+        self.seed = _validation.optional_int("seed", seed)
         self.control_size = len(MOVES)
         self.output_size = self.width
         self.context_shape = (self.positions, self.width)
@@ -100,15 +79,24 @@ class HardAttention(ExternalSystem):
         )
         self._seed_generator = keras.random.SeedGenerator(seed)
 
-    def _choose(self, control, training):
+    def _walk(self, control, position, training):
+        """`(chosen move one-hot, new position, one-hot slot weights)`."""
+        scores = ops.stop_gradient(control)
         if training:
             # Gumbel-max: argmax(logits + Gumbel noise) ~ softmax(logits).
             uniform = keras.random.uniform(
                 ops.shape(control), minval=1e-7, maxval=1.0,
                 seed=self._seed_generator, dtype=control.dtype,
             )
-            control = control - ops.log(-ops.log(uniform))
-        return ops.argmax(control, axis=-1)
+            scores = scores - ops.log(-ops.log(uniform))
+        chosen = ops.one_hot(ops.argmax(scores, axis=-1), len(MOVES),
+                             dtype=control.dtype)
+        move = ops.sum(chosen * ops.convert_to_tensor(MOVES, control.dtype),
+                       axis=-1, keepdims=True)
+        position = ops.clip(position + move, 0.0, float(self.positions - 1))
+        weights = ops.one_hot(ops.cast(position[:, 0], "int32"),
+                              self.positions, dtype=control.dtype)
+        return chosen, position, weights
 
     def call(self, control, states, training=False):
         if training and keras.backend.backend() == "jax":
@@ -121,30 +109,19 @@ class HardAttention(ExternalSystem):
             )
         position, log_prob, entropy, data = states
         log_pi = _log_softmax(control)
-        choice = self._choose(ops.stop_gradient(control), training)
-        chosen = ops.one_hot(choice, len(MOVES), dtype=control.dtype)
-        move = ops.sum(chosen * ops.convert_to_tensor(MOVES, control.dtype),
-                       axis=-1, keepdims=True)
-        position = ops.clip(position + move, 0.0, float(self.positions - 1))
+        chosen, position, weights = self._walk(control, position, training)
         log_prob = log_prob + ops.sum(chosen * log_pi, axis=-1, keepdims=True)
         entropy = entropy - ops.sum(
             ops.exp(log_pi) * log_pi, axis=-1, keepdims=True
         )
-        slot = ops.one_hot(
-            ops.cast(position[:, 0], "int32"), self.positions,
-            dtype=data.dtype,
-        )
         data3 = ops.reshape(data, (-1, self.positions, self.width))
-        output = ops.sum(slot[:, :, None] * data3, axis=1)
+        output = ops.sum(ops.cast(weights, data.dtype)[:, :, None] * data3,
+                         axis=1)
         return output, [position, log_prob, entropy, data]
 
     def trace(self, control, states):
         # The greedy move: traces are taken outside training.
-        move = ops.cast(ops.argmax(control, axis=-1), control.dtype) - 1.0
-        position = ops.clip(states[0] + move[:, None], 0.0,
-                            float(self.positions - 1))
-        weights = ops.one_hot(ops.cast(position[:, 0], "int32"),
-                              self.positions, dtype=control.dtype)
+        _, position, weights = self._walk(control, states[0], training=False)
         return {"position": position, "weights": weights,
                 "probabilities": ops.exp(_log_softmax(control))}
 
@@ -183,17 +160,12 @@ def reinforce_loss(reward, log_prob, entropy=None, entropy_weight=0.0):
     Returns:
         `(batch,)` loss.
     """
-    if isinstance(entropy_weight, bool) or not isinstance(
-        entropy_weight, (int, float)
-    ) or not entropy_weight >= 0:
-        raise ValueError(
-            "Received an invalid value for argument `entropy_weight`: "
-            f"expected a non-negative number, got {entropy_weight!r}."
-        )
+    entropy_weight = _validation.non_negative_float("entropy_weight",
+                                                    entropy_weight)
     reward = ops.stop_gradient(reward)
     advantage = reward - ops.mean(reward)
     advantage = advantage / (ops.std(advantage) + 1e-3)
-    loss = -ops.stop_gradient(advantage) * log_prob
+    loss = -advantage * log_prob
     if entropy is not None and entropy_weight:
         loss = loss - entropy_weight * entropy
     return loss
