@@ -17,9 +17,13 @@ axis, and keeps the per-layer chain to what must be sequential:
 
 On a CPU each op costs microseconds of overhead whatever its size and the
 products of a 16-unit layer are tiny, so the number of ops per layer on the
-chain is what sets the step time. The run saves, per step, its input, its
-states, its new states and one stacked tensor of pre-activations, instead of
-the dozen intermediates per layer that automatic differentiation keeps.
+chain is what sets the step time. The run saves, per step, its states and,
+stacked along the layer axis, every layer's input and its gate and candidate
+pre-activations, instead of the dozen intermediates per layer that automatic
+differentiation keeps. The batched products use `[R_l | 0]`, the recurrent
+kernel padded to the width of z, so that one product gives every layer's
+addend `[p_l, 0] + b_l` and the backward products read only the gate half of
+`∂z_l` without slicing it out.
 Runs deeper than `UNROLL_UP_TO` layers walk the chain in a loop over groups
 of layers (`_loops.scan`), so the graph does not grow with depth either.
 
@@ -90,8 +94,9 @@ def _flat(by_layer):
 def _forward_chain(x, hs, ks, addends):
     """The sequential part of the forward pass, layers written out.
 
-    Returns the list of new `h` and the list of pre-activations `z`."""
-    outs, zs = [], []
+    Returns the lists of new `h`, gate pre-activations `a` and candidate
+    pre-activations `z[u:]`, one entry per layer."""
+    outs, gates, candidates = [], [], []
     for h, k, addend in zip(hs, ks, addends):
         z = ops.matmul(x, k) + addend
         a, z_c = ops.split(z, 2, axis=-1)
@@ -99,24 +104,26 @@ def _forward_chain(x, hs, ks, addends):
         c = ops.leaky_relu(z_c, negative_slope=CANDIDATE_NEGATIVE_SLOPE)
         x = h + s * (c - h)
         outs.append(x)
-        zs.append(z)
-    return outs, zs
+        gates.append(a)
+        candidates.append(z_c)
+    return outs, gates, candidates
 
 
 def _backward_chain(d_x, ups, ks, local_derivatives):
     """The sequential part of the backward pass, last layer first.
 
     `d_x` is the gradient reaching the last layer's output from above (None
-    for none); returns the gradient at the first layer's input and the list
-    of δ (the gradient at each layer's output), in layer order."""
-    deltas = [None] * len(ups)
+    for none); returns the gradient at the first layer's input and the lists
+    of δ (the gradient at each layer's output) and of `∂z`, in layer
+    order."""
+    deltas, d_zs = [None] * len(ups), [None] * len(ups)
     for l in reversed(range(len(ups))):
         delta = ups[l] if d_x is None else ups[l] + d_x
         d_z = ops.concatenate([delta, delta], axis=-1) * local_derivatives[l]
         # A product with a transposed operand as an einsum: no copy of Kᵀ.
         d_x = ops.einsum("bj,ij->bi", d_z, ks[l])
-        deltas[l] = delta
-    return d_x, deltas
+        deltas[l], d_zs[l] = delta, d_z
+    return d_x, deltas, d_zs
 
 
 def _grouped(tensor, n_groups, group):
@@ -137,70 +144,95 @@ def _split_depth(depth):
 
 
 def _walk_forward(x, hs, kernel, addends):
-    """The forward chain over all layers: `(new_states, zs)`, the new states
-    `(batch, depth·units)` as the run returns them and the pre-activations
-    stacked along the layer axis, `(depth, batch, 2·units)`."""
+    """The forward chain over all layers.
+
+    Returns `(new_states, inputs, gates, candidates)`: the new states
+    `(batch, depth·units)` as the run returns them, then, stacked along the
+    layer axis as `(depth, batch, units)`, every layer's input, gate
+    pre-activation `a` and candidate pre-activation `z[u:]` (what the
+    backward pass needs)."""
     depth = kernel.shape[0]
     n_groups, group = _split_depth(depth)
     looped = n_groups * group
-    new_states, zs = [], []
+    flat, gates, candidates = [], [], []
     if n_groups:
 
         def step(carry, per_group):
-            new, z = _forward_chain(
+            lists = _forward_chain(
                 carry, *(ops.unstack(t, group) for t in per_group)
             )
-            return new[-1], (ops.stack(new), ops.stack(z))
+            return lists[0][-1], tuple(ops.stack(t) for t in lists)
 
-        x, (grouped_outs, grouped_zs) = _loops.scan(
+        x_loop, grouped = _loops.scan(
             step,
             x,
             tuple(_grouped(t[:looped], n_groups, group)
                   for t in (hs, kernel, addends)),
             n_groups,
         )
-        new_states.append(_flat(_ungrouped(grouped_outs)))
-        zs.append(_ungrouped(grouped_zs))
+        loop_outs, loop_gates, loop_candidates = map(_ungrouped, grouped)
+        flat.append(_flat(loop_outs))
+        gates.append(loop_gates)
+        candidates.append(loop_candidates)
+    tail_outs = []
     if looped < depth:
         tail = depth - looped
-        tail_outs, tail_zs = _forward_chain(
-            x, *(ops.unstack(t[looped:], tail) for t in (hs, kernel, addends))
+        tail_outs, tail_gates, tail_candidates = _forward_chain(
+            x_loop if n_groups else x,
+            *(ops.unstack(t[looped:], tail) for t in (hs, kernel, addends)),
         )
-        new_states.extend(tail_outs)
-        zs.append(ops.stack(tail_zs))
-    new_states = (
-        new_states[0] if len(new_states) == 1
-        else ops.concatenate(new_states, axis=-1)
+        flat.extend(tail_outs)
+        gates.append(ops.stack(tail_gates))
+        candidates.append(ops.stack(tail_candidates))
+    # Layer l's input: the run's input, then every layer's output but the
+    # last.
+    if not n_groups:
+        inputs = ops.stack([x] + tail_outs[:-1])
+    else:
+        inputs = [x[None], loop_outs if tail_outs else loop_outs[:-1]]
+        if len(tail_outs) > 1:
+            inputs.append(ops.stack(tail_outs[:-1]))
+        inputs = ops.concatenate(inputs, axis=0)
+    return (
+        _joined(flat, axis=-1),
+        inputs,
+        _joined(gates, axis=0),
+        _joined(candidates, axis=0),
     )
-    return new_states, zs[0] if len(zs) == 1 else ops.concatenate(zs, axis=0)
+
+
+def _joined(tensors, axis):
+    return tensors[0] if len(tensors) == 1 else ops.concatenate(tensors, axis)
 
 
 def _walk_backward(ups, kernel, local_derivatives):
-    """The backward chain over all layers: `(∂x, δ)`, δ stacked along the
-    layer axis `(depth, batch, units)`."""
+    """The backward chain over all layers: `(∂x, δ, ∂z)`, δ and ∂z stacked
+    along the layer axis, `(depth, batch, units)` and `(depth, batch,
+    2·units)`."""
     depth = kernel.shape[0]
     n_groups, group = _split_depth(depth)
     looped = n_groups * group
-    d_x, deltas = None, []
+    d_x, deltas, d_zs = None, [], []
     if looped < depth:
         tail = depth - looped
-        d_x, tail_deltas = _backward_chain(
+        d_x, tail_deltas, tail_d_zs = _backward_chain(
             None,
             *(ops.unstack(t[looped:], tail)
               for t in (ups, kernel, local_derivatives)),
         )
         deltas.append(ops.stack(tail_deltas))
+        d_zs.append(ops.stack(tail_d_zs))
     if n_groups:
         if d_x is None:  # no tail: nothing reaches the loop from above
             d_x = ops.zeros_like(ups[0])
 
         def step(d_next, per_group):
-            d_x, group_deltas = _backward_chain(
+            d_x, group_deltas, group_d_zs = _backward_chain(
                 d_next, *(ops.unstack(t, group) for t in per_group)
             )
-            return d_x, (ops.stack(group_deltas),)
+            return d_x, (ops.stack(group_deltas), ops.stack(group_d_zs))
 
-        d_x, (grouped_deltas,) = _loops.scan(
+        d_x, grouped = _loops.scan(
             step,
             d_x,
             tuple(_grouped(t[:looped], n_groups, group)
@@ -208,49 +240,48 @@ def _walk_backward(ups, kernel, local_derivatives):
             n_groups,
             reverse=True,
         )
-        deltas.insert(0, _ungrouped(grouped_deltas))
-    if len(deltas) == 1:
-        return d_x, deltas[0]
-    return d_x, ops.concatenate(deltas, axis=0)
+        deltas.insert(0, _ungrouped(grouped[0]))
+        d_zs.insert(0, _ungrouped(grouped[1]))
+    return d_x, _joined(deltas, axis=0), _joined(d_zs, axis=0)
 
 
 @ops.custom_gradient
 def _sgu_run(x, states, kernel, recurrent_kernel, bias):
     depth, units = kernel.shape[0], kernel.shape[1]
     hs = _by_layer(states, depth, units)
-    gate_bias, candidate_bias = ops.split(bias[:, None, :], 2, axis=-1)
-    # The recurrent half of every layer's gate, for all layers at once.
-    recurrent = ops.einsum("lbi,lij->lbj", hs, recurrent_kernel) + gate_bias
-    addends = ops.concatenate(
-        [recurrent, ops.zeros_like(recurrent) + candidate_bias], axis=-1
+    # [R | 0]: the recurrent product lands on the gate half of z, so one
+    # batched product and one bias add give every layer's addend.
+    padded_recurrent = ops.concatenate(
+        [recurrent_kernel, ops.zeros_like(recurrent_kernel)], axis=-1
     )
-    new_states, zs = _walk_forward(x, hs, kernel, addends)
+    addends = (
+        ops.einsum("lbi,lij->lbj", hs, padded_recurrent) + bias[:, None, :]
+    )
+    new_states, inputs, gates, candidates = _walk_forward(
+        x, hs, kernel, addends
+    )
 
     def grad(*args, upstream=None):
         if upstream is None:
             (upstream,) = args
-        # Local derivatives of every layer at once, from the saved z.
-        a, z_c = ops.split(zs, 2, axis=-1)
-        s = 0.5 - 0.5 * ops.softsign(a)
-        c = ops.leaky_relu(z_c, negative_slope=CANDIDATE_NEGATIVE_SLOPE)
-        m = (-0.5 * (c - hs)) / ops.square(1.0 + ops.abs(a))
-        n = s * ops.where(z_c > 0, 1.0, CANDIDATE_NEGATIVE_SLOPE)
+        # Local derivatives of every layer at once, from the saved a, z[u:].
+        s = 0.5 - 0.5 * ops.softsign(gates)
+        c = ops.leaky_relu(candidates, negative_slope=CANDIDATE_NEGATIVE_SLOPE)
+        m = (-0.5 * (c - hs)) / ops.square(1.0 + ops.abs(gates))
+        n = ops.where(candidates > 0, s, CANDIDATE_NEGATIVE_SLOPE * s)
         local_derivatives = ops.concatenate([m, n], axis=-1)
 
-        d_x, deltas = _walk_backward(
+        d_x, deltas, d_z = _walk_backward(
             _by_layer(upstream, depth, units), kernel, local_derivatives
         )
 
-        # Everything that can wait for the whole chain, all layers at once.
-        d_z = ops.concatenate([deltas, deltas], axis=-1) * local_derivatives
-        d_a = d_z[..., :units]
-        new_hs = _by_layer(new_states, depth, units)
-        inputs = ops.concatenate([x[None], new_hs[:-1]], axis=0)
+        # Everything that can wait for the whole chain, all layers at once;
+        # products with [R | 0] read or write the gate half of ∂z only.
         d_kernel = ops.einsum("lbi,lbj->lij", inputs, d_z)
-        d_recurrent = ops.einsum("lbi,lbj->lij", hs, d_a)
+        d_recurrent = ops.einsum("lbi,lbj->lij", hs, d_z)[..., :units]
         d_bias = ops.sum(d_z, axis=1)
         d_hs = deltas * (1.0 - s) + ops.einsum(
-            "lbj,lij->lbi", d_a, recurrent_kernel
+            "lbj,lij->lbi", d_z, padded_recurrent
         )
         return d_x, _flat(d_hs), d_kernel, d_recurrent, d_bias
 
