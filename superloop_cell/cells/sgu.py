@@ -30,19 +30,21 @@ def sgu_update(z, h, recurrent_kernel):
     Returns:
         The new state `h'`, shape `(batch, units)`; also the cell's output.
     """
-    units = h.shape[-1]
-    gate = ops.softsign(z[:, :units] + ops.matmul(h, recurrent_kernel))
+    # A split, not two slices: its gradient is one concatenation, a slice's
+    # a zero-filled tensor of z's size.
+    z_gate, z_candidate = ops.split(z, 2, axis=-1)
+    gate = ops.softsign(z_gate + ops.matmul(h, recurrent_kernel))
     # (1 − f)·c + f·h with f = (gate + 1)/2, written as h + (1 − f)·(c − h).
     candidate = ops.leaky_relu(
-        z[:, units:], negative_slope=CANDIDATE_NEGATIVE_SLOPE
+        z_candidate, negative_slope=CANDIDATE_NEGATIVE_SLOPE
     )
     return h + 0.5 * (1.0 - gate) * (candidate - h)
 
 
 def sgu_forget_gate(z, h, recurrent_kernel):
     """The gate `f` in [0, 1] of one step, shape `(batch, units)`."""
-    units = h.shape[-1]
-    gate = ops.softsign(z[:, :units] + ops.matmul(h, recurrent_kernel))
+    z_gate, _ = ops.split(z, 2, axis=-1)
+    gate = ops.softsign(z_gate + ops.matmul(h, recurrent_kernel))
     return 0.5 * (gate + 1.0)
 
 

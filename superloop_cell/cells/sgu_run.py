@@ -69,8 +69,10 @@ def sgu_run(x, states, kernel, recurrent_kernel, bias):
         bias: `(depth, 2·units)`.
 
     Returns:
-        `(batch, depth·units)`: every layer's new `h`; the run's output is
-        the last `units` columns.
+        `(y, new_states)`: the last layer's new `h`, `(batch, units)` (the
+        run's output), and every layer's new `h`, `(batch, depth·units)`.
+        Both are returned so that the output needs no slice of the states,
+        whose gradient would be a zero-filled tensor of the states' size.
     """
     return _sgu_run(x, states, kernel, recurrent_kernel, bias)
 
@@ -146,8 +148,9 @@ def _split_depth(depth):
 def _walk_forward(x, hs, kernel, addends):
     """The forward chain over all layers.
 
-    Returns `(new_states, inputs, gates, candidates)`: the new states
-    `(batch, depth·units)` as the run returns them, then, stacked along the
+    Returns `(y, new_states, inputs, gates, candidates)`: the last layer's
+    output and the new states `(batch, depth·units)` as the run returns them,
+    then, stacked along the
     layer axis as `(depth, batch, units)`, every layer's input, gate
     pre-activation `a` and candidate pre-activation `z[u:]` (what the
     backward pass needs)."""
@@ -193,7 +196,9 @@ def _walk_forward(x, hs, kernel, addends):
         if len(tail_outs) > 1:
             inputs.append(ops.stack(tail_outs[:-1]))
         inputs = ops.concatenate(inputs, axis=0)
+    y = tail_outs[-1] if tail_outs else x_loop
     return (
+        y,
         _joined(flat, axis=-1),
         inputs,
         _joined(gates, axis=0),
@@ -205,25 +210,26 @@ def _joined(tensors, axis):
     return tensors[0] if len(tensors) == 1 else ops.concatenate(tensors, axis)
 
 
-def _walk_backward(ups, kernel, local_derivatives):
+def _walk_backward(d_y, ups, kernel, local_derivatives):
     """The backward chain over all layers: `(∂x, δ, ∂z)`, δ and ∂z stacked
     along the layer axis, `(depth, batch, units)` and `(depth, batch,
-    2·units)`."""
+    2·units)`. `d_y` is the gradient at the run's output, `ups` those at
+    the new states."""
     depth = kernel.shape[0]
     n_groups, group = _split_depth(depth)
     looped = n_groups * group
-    d_x, deltas, d_zs = None, [], []
+    d_x, deltas, d_zs = d_y, [], []
     if looped < depth:
         tail = depth - looped
         d_x, tail_deltas, tail_d_zs = _backward_chain(
-            None,
+            d_x,
             *(ops.unstack(t[looped:], tail)
               for t in (ups, kernel, local_derivatives)),
         )
         deltas.append(ops.stack(tail_deltas))
         d_zs.append(ops.stack(tail_d_zs))
     if n_groups:
-        if d_x is None:  # no tail: nothing reaches the loop from above
+        if d_x is None:  # nothing reaches the loop from above
             d_x = ops.zeros_like(ups[0])
 
         def step(d_next, per_group):
@@ -257,13 +263,15 @@ def _sgu_run(x, states, kernel, recurrent_kernel, bias):
     addends = (
         ops.einsum("lbi,lij->lbj", hs, padded_recurrent) + bias[:, None, :]
     )
-    new_states, inputs, gates, candidates = _walk_forward(
+    y, new_states, inputs, gates, candidates = _walk_forward(
         x, hs, kernel, addends
     )
 
     def grad(*args, upstream=None):
+        # TensorFlow passes one gradient per output, JAX one tuple.
         if upstream is None:
-            (upstream,) = args
+            upstream = args if len(args) == 2 else args[0]
+        d_y, d_states = upstream
         # Local derivatives of every layer at once, from the saved a, z[u:].
         s = 0.5 - 0.5 * ops.softsign(gates)
         c = ops.leaky_relu(candidates, negative_slope=CANDIDATE_NEGATIVE_SLOPE)
@@ -272,7 +280,7 @@ def _sgu_run(x, states, kernel, recurrent_kernel, bias):
         local_derivatives = ops.concatenate([m, n], axis=-1)
 
         d_x, deltas, d_z = _walk_backward(
-            _by_layer(upstream, depth, units), kernel, local_derivatives
+            d_y, _by_layer(d_states, depth, units), kernel, local_derivatives
         )
 
         # Everything that can wait for the whole chain, all layers at once;
@@ -285,4 +293,4 @@ def _sgu_run(x, states, kernel, recurrent_kernel, bias):
         )
         return d_x, _flat(d_hs), d_kernel, d_recurrent, d_bias
 
-    return new_states, grad
+    return (y, new_states), grad
