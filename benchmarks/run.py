@@ -284,6 +284,24 @@ PLANS = {
         memory_steps=[16, 64],
         reference_depth=4,  # the T sweep at depth 4, to stay under 5 min
     ),
+    # The reference configuration only: what its targets compare
+    # (first and steady step at T 16 and 64, batch 1024, a new length), in
+    # about 8 minutes on 2 cores; for a short run on a lent GPU.
+    "reference": Plan(
+        name="reference",
+        steps_sweep=[16, 64],
+        depths=[REFERENCE_DEPTH],
+        depth_sweep_steps=[16],
+        batch=256,
+        extra_points=[
+            (REFERENCE_DEPTH, 64, 1024, ["looped", "straightforward"])
+        ],
+        warmup=2,
+        rounds=5,
+        new_length_base=(REFERENCE_DEPTH, 64, 256),
+        fit_variants=["looped", "straightforward"],
+        fit_steps=64,
+    ),
     # For developing this script on a busy machine; hidden from --help.
     "tiny": Plan(
         name="tiny",
@@ -1101,6 +1119,12 @@ def parse_args(argv=None):
     parser.add_argument(
         "--quick", action="store_true", help="small sweep, under 5 minutes"
     )
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="only the reference configuration (depth 32; T 16 and 64; "
+        "batch 1024 at T 64), about 8 minutes",
+    )
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--out",
@@ -1129,6 +1153,8 @@ def parse_args(argv=None):
             f"--variants: expected names from {', '.join(VARIANTS)}, got "
             f"{args.variants!r}."
         )
+    if sum((args.quick, args.reference, args.tiny)) > 1:
+        parser.error("--quick, --reference: choose one plan, got more than one.")
     if args.rounds is not None and args.rounds < 1:
         parser.error(
             f"--rounds: expected a positive integer, got {args.rounds}."
@@ -1298,7 +1324,12 @@ def main(argv=None):
     if args.memory_child:
         memory_child(json.loads(args.memory_child))
         return
-    plan = PLANS["tiny" if args.tiny else "quick" if args.quick else "full"]
+    plan = PLANS[
+        "tiny" if args.tiny
+        else "quick" if args.quick
+        else "reference" if args.reference
+        else "full"
+    ]
     if args.rounds:
         plan.rounds = args.rounds
     variants = args.variants

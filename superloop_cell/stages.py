@@ -11,7 +11,7 @@ layer per step into the RNN's loop; building that gradient graph dominates
 the first training step and saving/restoring the intermediates dominates
 the steady one. The fused run reads three stacked weights once per step and
 differentiates the whole run with the hand-written backward pass of
-`cells/sgu_run.py`, which saves only the run's input and states.
+`cells/sgu_run.py`, which saves three stacked tensors per step.
 """
 
 import keras
@@ -24,10 +24,11 @@ from superloop_cell.cells.sgu import SGUCell, sgu_forget_gate, sgu_update
 MIN_FUSED_RUN = 2
 # With `fused="auto"` (the default) only runs of this many layers or more are
 # fused. Measured by `benchmarks/fused_threshold.py` (2-core CPU, TensorFlow
-# 2.21, 16 units, batch 256, T 64): the fused run's batched ops cost a fixed
-# ~0.5 ms per step, so its steady step is 1.4× the plain cells' at 4 and 8
-# layers, 1.24× at 12 and level (1.04×) at 16, while its first step is 2×
-# shorter from 8 layers on. The steady step decides a training run.
+# 2.21, 16 units, batch 256, T 64; benchmarks/RESULTS.md): the fused run's
+# batched ops have a fixed cost per step, so its steady step is 1.5× the plain
+# cells' at 4 layers, 1.36× at 8 and 1.15× at 12; from 16 layers on it is
+# within 0.98–1.28× (noise) while its first step is 2.5–4× shorter. The
+# steady step decides a training run.
 AUTO_FUSED_RUN = 15
 AUTO_FUSED = "auto"  # the `fused` value that applies AUTO_FUSED_RUN
 
