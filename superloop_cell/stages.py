@@ -25,10 +25,11 @@ MIN_FUSED_RUN = 2
 # With `fused="auto"` (the default) only runs of this many layers or more are
 # fused. Measured by `benchmarks/fused_threshold.py` (2-core CPU, TensorFlow
 # 2.21, 16 units, batch 256, T 64; benchmarks/RESULTS.md): the fused run's
-# batched ops have a fixed cost per step, so its steady step is 1.5× the plain
-# cells' at 4 layers, 1.36× at 8 and 1.15× at 12; from 16 layers on it is
-# within 0.98–1.28× (noise) while its first step is 2.5–4× shorter. The
-# steady step decides a training run.
+# batched ops have a fixed cost per step, so below 16 layers its steady step
+# is 1.15–1.5× the plain cells' and the steady step decides a training run;
+# from 16 layers on the two are within this machine's noise of each other
+# (0.98–1.28×; 1.07 and 1.28 in two runs at 16) and the fused run's first
+# step is 2.5–4× shorter.
 AUTO_FUSED_RUN = 15
 AUTO_FUSED = "auto"  # the `fused` value that applies AUTO_FUSED_RUN
 

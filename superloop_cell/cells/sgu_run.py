@@ -149,11 +149,10 @@ def _walk_forward(x, hs, kernel, addends):
     """The forward chain over all layers.
 
     Returns `(y, new_states, inputs, gates, candidates)`: the last layer's
-    output and the new states `(batch, depth·units)` as the run returns them,
-    then, stacked along the
-    layer axis as `(depth, batch, units)`, every layer's input, gate
-    pre-activation `a` and candidate pre-activation `z[u:]` (what the
-    backward pass needs)."""
+    output and the new states `(batch, depth·units)` as the run returns
+    them, then, stacked along the layer axis as `(depth, batch, units)`,
+    every layer's input, gate pre-activation `a` and candidate
+    pre-activation `z[u:]` (what the backward pass needs)."""
     depth = kernel.shape[0]
     n_groups, group = _split_depth(depth)
     looped = n_groups * group
