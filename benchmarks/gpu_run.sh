@@ -11,7 +11,9 @@
 #
 # `run` writes $OUT/gpu.txt (the device as nvidia-smi and JAX see it),
 # $OUT/run.log, $OUT/results.json and $OUT/benchmarks.png: the `--reference`
-# plan (depth 32; T 16 and 64; batch 1024 at T 64), a few minutes.
+# plan (depth 32; T 16 and 64; batch 1024 at T 64), a few minutes, with
+# `gru_layers` (32 keras.layers.GRU layers) besides the GRU-cell stack and
+# without `looped_xla` (on JAX the same model as `looped`).
 set -eu
 
 KERAS_VERSION=3.15.1
@@ -41,8 +43,9 @@ run)
     python3 -c "import jax, keras; print(jax.devices(), 'keras', keras.__version__)" \
         >> "$OUT/gpu.txt" 2>&1
     cat "$OUT/gpu.txt"
-    python3 benchmarks/run.py --reference --backend jax --out "$OUT" 2>&1 \
-        | tee "$OUT/run.log"
+    python3 benchmarks/run.py --reference --backend jax --out "$OUT" \
+        --variants looped,unrolled,straightforward,gru_stack,gru_layers,empty \
+        2>&1 | tee "$OUT/run.log"
     ;;
 *)
     echo "usage: sh benchmarks/gpu_run.sh fetch|run (got '${1:-}')" >&2

@@ -85,8 +85,8 @@ FLOP_FORMULA = (
     "SGU layer, forward, per sample per time step: 2·in·2u + 2·u·u + "
     f"{SGU_ELEMENTWISE_FLOPS_PER_UNIT}u, with u = {UNITS}, in = "
     f"{INPUT_WIDTH}+{MEMORY_WIDTH} (input + memory feedback) for the first "
-    "layer and u for the others; GRU layer (gru_stack): 2·in·3u + 2·u·3u + "
-    f"{GRU_ELEMENTWISE_FLOPS_PER_UNIT}u, in = {INPUT_WIDTH} for the first; "
+    "layer and u for the others; GRU layer (gru_stack, gru_layers): "
+    f"2·in·3u + 2·u·3u + {GRU_ELEMENTWISE_FLOPS_PER_UNIT}u, in = {INPUT_WIDTH} for the first; "
     f"training = {TRAINING_FLOPS_FACTOR} × forward; summed over layers, × T "
     "× batch per train step. The control projection, the register memory and "
     "the Dense head are not counted; `empty` has none."
@@ -150,6 +150,21 @@ def build_gru_stack(depth, units, steps):
     return _compiled_sequence_model(cell, False)
 
 
+def build_gru_layers(depth, units, steps):
+    # What a user writes first: `depth` GRU layers, each its own loop over T.
+    inputs = keras.Input((steps, INPUT_WIDTH))
+    hidden = inputs
+    for _ in range(depth):
+        hidden = keras.layers.GRU(units, return_sequences=True)(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(1)(hidden))
+    model.compile(
+        optimizer=keras.optimizers.RMSprop(),
+        loss="mse",
+        jit_compile=_jit(False),
+    )
+    return model
+
+
 def build_empty(depth, units, steps):
     return _compiled_sequence_model(baselines.EmptyCell(), False)
 
@@ -160,6 +175,7 @@ class Variant:
     description: str
     flops: str  # "sgu", "gru" or "none"
     fixed_steps: bool = False  # the model is built for one T
+    default: bool = True  # run unless --variants names a subset
 
 
 VARIANTS = {
@@ -191,6 +207,14 @@ VARIANTS = {
         build_gru_stack,
         "RNN(StackedRNNCells([GRUCell(16)] * depth)), no memory",
         "gru",
+    ),
+    "gru_layers": Variant(
+        build_gru_layers,
+        "depth keras.layers.GRU(16, return_sequences=True) layers, each its "
+        "own loop over T, no memory; only when --variants names it (the GPU "
+        "run compares against keras.layers.GRU)",
+        "gru",
+        default=False,
     ),
     "empty": Variant(
         build_empty,
@@ -249,7 +273,7 @@ class Plan:
     reference_depth: int = REFERENCE_DEPTH  # of the T sweep and memory
 
 
-ALL_VARIANTS = list(VARIANTS)
+DEFAULT_VARIANTS = [name for name, v in VARIANTS.items() if v.default]
 
 PLANS = {
     "full": Plan(
@@ -1138,8 +1162,9 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--variants",
-        default=",".join(VARIANTS),
-        help=f"comma-separated subset of {','.join(VARIANTS)} (default: all)",
+        default=",".join(DEFAULT_VARIANTS),
+        help=f"comma-separated names from {','.join(VARIANTS)} (default: "
+        f"{','.join(DEFAULT_VARIANTS)})",
     )
     parser.add_argument(
         "--rounds", type=int, help="steady rounds per point (default: by plan)"
