@@ -112,7 +112,11 @@ def _project_cell(depth, units, fused="auto"):
 def _compiled_sequence_model(cell, jit_compile, steps=None, unroll=False):
     inputs = keras.Input((steps, INPUT_WIDTH))
     rnn = keras.layers.RNN(cell, return_sequences=True, unroll=unroll)
-    hidden = rnn(inputs)
+    return _compiled_head(inputs, rnn(inputs), jit_compile)
+
+
+def _compiled_head(inputs, hidden, jit_compile):
+    """`hidden` → Dense(1), compiled as every variant is (RMSprop, MSE)."""
     model = keras.Model(inputs, keras.layers.Dense(1)(hidden))
     model.compile(
         optimizer=keras.optimizers.RMSprop(),
@@ -156,13 +160,7 @@ def build_gru_layers(depth, units, steps):
     hidden = inputs
     for _ in range(depth):
         hidden = keras.layers.GRU(units, return_sequences=True)(hidden)
-    model = keras.Model(inputs, keras.layers.Dense(1)(hidden))
-    model.compile(
-        optimizer=keras.optimizers.RMSprop(),
-        loss="mse",
-        jit_compile=_jit(False),
-    )
-    return model
+    return _compiled_head(inputs, hidden, False)
 
 
 def build_empty(depth, units, steps):
