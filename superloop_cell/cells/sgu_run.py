@@ -17,7 +17,8 @@ axis, and keeps the per-layer chain to what must be sequential:
 
 On a CPU each op costs microseconds of overhead whatever its size and the
 products of a 16-unit layer are tiny, so the number of ops per layer on the
-chain is what sets the step time. The run saves, per step, its states and,
+chain and the number of passes over the batched tensors set the step time
+(a profile is in benchmarks/RESULTS.md). The run saves, per step, its states and,
 stacked along the layer axis, every layer's input and its gate and candidate
 pre-activations, instead of the dozen intermediates per layer that automatic
 differentiation keeps. The batched products use `[R_l | 0]`, the recurrent
@@ -35,7 +36,8 @@ Forward, for layer l with input x_l (x_0 = the run's input) and state h_l:
     h'_l = h_l + s · (c − h_l)  =  x_{l+1}
 
 Backward, with δ_l the gradient reaching h'_l (from the loss through the new
-state, plus ∂x_{l+1} from the layer above):
+state, plus ∂x_{l+1} from the layer above, or for the last layer the
+gradient at the run's output y):
 
     m = −(c − h_l) / (2 (1 + |a|)²),   n = s · (1 if z[u:] > 0 else 0.1)
     ∂z_l = [δ_l · m, δ_l · n],   ∂x_l = ∂z_l · K_lᵀ            (the chain)
