@@ -14,7 +14,6 @@ a fresh model each time, build + trace + one step, traces counted.
 
 import argparse
 import os
-import time
 
 # First: run.py sets the Keras backend (`--backend`) before Keras loads, and
 # holds the suite's reference model.
@@ -26,16 +25,11 @@ import numpy as np  # noqa: E402
 
 def first_step(variant, depth, steps, batch, prebuild):
     """Seconds for build + trace + one step, and the number of traces."""
-    rng = np.random.default_rng(run.SEED)
-    x, y = run.random_batch(rng, batch, steps)
-    keras.utils.set_random_seed(run.SEED)
-    start = time.perf_counter()
-    model = run.VARIANTS[variant].build(depth, run.UNITS, steps)
-    counts = run.count_traces(model)
-    if prebuild:
-        model.optimizer.build(model.trainable_variables)
-    model.train_on_batch(x, y)
-    return time.perf_counter() - start, counts["traces"]
+    x, y = run.random_batch(np.random.default_rng(run.SEED), batch, steps)
+    _, counts, seconds = run.first_step(
+        variant, depth, steps, x, y, run.FIRST_STEP_LIMIT_S, prebuild=prebuild
+    )
+    return seconds, counts["traces"]
 
 
 def main():
