@@ -510,12 +510,12 @@ class SuperloopCell(keras.layers.Layer):
         with keras.name_scope("control"):
             controls = ops.matmul(y, self.control_kernel) + self.control_bias
         outputs, system_new = [], []
-        start = 0
-        for system, scope, sys_states in zip(
-            self.systems, self.component_names["systems"], parts["systems"]
+        for system, control, scope, sys_states in zip(
+            self.systems,
+            self._per_system(controls),
+            self.component_names["systems"],
+            parts["systems"],
         ):
-            control = controls[:, start : start + system.control_size]
-            start += system.control_size
             with keras.name_scope(scope):
                 keys = [
                     k for k in system.trace_sizes
@@ -532,6 +532,18 @@ class SuperloopCell(keras.layers.Layer):
         )
         new_states = [feedback] + new_states + system_new
         return self._with_traces(y, traces), new_states
+
+    def _per_system(self, controls):
+        """The control projection cut into one control per system."""
+        if len(self.systems) == 1:
+            return [controls]
+        # One split, not a slice per system: a slice's gradient is a
+        # zero-filled tensor of the projection's size.
+        ends, end = [], 0
+        for system in self.systems[:-1]:
+            end += system.control_size
+            ends.append(end)
+        return ops.split(controls, ends, axis=-1)
 
     def _with_traces(self, y, traces):
         if not self.trace:

@@ -12,16 +12,18 @@ axis, and keeps the per-layer chain to what must be sequential:
   product;
 * backward: one product `∂z_l · K_lᵀ` per layer (plus a few elementwise
   ops); before it, every layer's local derivatives from the saved
-  pre-activations; after it, `∂K`, `∂R`, `∂b` and the state gradients of all
+  gates and candidates; after it, `∂K`, `∂R`, `∂b` and the state gradients of all
   layers in batched products.
 
 On a CPU each op costs microseconds of overhead whatever its size and the
 products of a 16-unit layer are tiny, so the number of ops per layer on the
 chain and the number of passes over the batched tensors set the step time
 (a profile is in benchmarks/RESULTS.md). The run saves, per step, its states and,
-stacked along the layer axis, every layer's input and its gate and candidate
-pre-activations, instead of the dozen intermediates per layer that automatic
-differentiation keeps. The batched products use `[R_l | 0]`, the recurrent
+stacked along the layer axis, every layer's input, its `s` and its candidate
+`c`, instead of the dozen intermediates per layer that automatic
+differentiation keeps. Saving `s` and `c` rather than the pre-activations
+leaves the backward pass fewer passes over these tensors: `1/(1 + |a|)` is
+`1 − |softsign(a)| = 2·min(s, 1 − s)`, and `c > 0` exactly where `z[u:] > 0`. The batched products use `[R_l | 0]`, the recurrent
 kernel padded to the width of z, so that one product gives every layer's
 addend `[p_l, 0] + b_l` and the backward products read only the gate half of
 `∂z_l` without slicing it out.
@@ -39,10 +41,15 @@ Backward, with δ_l the gradient reaching h'_l (from the loss through the new
 state, plus ∂x_{l+1} from the layer above, or for the last layer the
 gradient at the run's output y):
 
-    m = −(c − h_l) / (2 (1 + |a|)²),   n = s · (1 if z[u:] > 0 else 0.1)
+    m = −(c − h_l) / (2 (1 + |a|)²) = 2 (h_l − c) · min(s, 1 − s)²
+    n = s · (1 if c > 0 else 0.1)
     ∂z_l = [δ_l · m, δ_l · n],   ∂x_l = ∂z_l · K_lᵀ            (the chain)
     ∂K_l = x_lᵀ · ∂z_l,   ∂b_l = Σ_batch ∂z_l,   ∂R_l = h_lᵀ · ∂z_l[:u]
     ∂h_l = δ_l · (1 − s) + ∂z_l[:u] · R_lᵀ                     (all at once)
+
+The code computes `m/2` and moves the factor 2 onto the gate half of the
+small weight tensors (`K` in the chain, `∂K`, `∂b`, `∂R`, `R` in `∂h`), which
+saves a pass over the batched tensors.
 """
 
 from keras import ops
@@ -98,8 +105,8 @@ def _flat(by_layer):
 def _forward_chain(x, hs, ks, addends):
     """The sequential part of the forward pass, layers written out.
 
-    Returns the lists of new `h`, gate pre-activations `a` and candidate
-    pre-activations `z[u:]`, one entry per layer."""
+    Returns the lists of new `h`, of `s` and of candidates `c`, one entry
+    per layer."""
     outs, gates, candidates = [], [], []
     for h, k, addend in zip(hs, ks, addends):
         z = ops.matmul(x, k) + addend
@@ -108,8 +115,8 @@ def _forward_chain(x, hs, ks, addends):
         c = ops.leaky_relu(z_c, negative_slope=CANDIDATE_NEGATIVE_SLOPE)
         x = h + s * (c - h)
         outs.append(x)
-        gates.append(a)
-        candidates.append(z_c)
+        gates.append(s)
+        candidates.append(c)
     return outs, gates, candidates
 
 
@@ -153,8 +160,8 @@ def _walk_forward(x, hs, kernel, addends):
     Returns `(y, new_states, inputs, gates, candidates)`: the last layer's
     output and the new states `(batch, depth·units)` as the run returns
     them, then, stacked along the layer axis as `(depth, batch, units)`,
-    every layer's input, gate pre-activation `a` and candidate
-    pre-activation `z[u:]` (what the backward pass needs)."""
+    every layer's input, `s` and candidate `c` (what the backward pass
+    needs)."""
     depth = kernel.shape[0]
     n_groups, group = _split_depth(depth)
     looped = n_groups * group
@@ -273,24 +280,34 @@ def _sgu_run(x, states, kernel, recurrent_kernel, bias):
         if upstream is None:
             upstream = args if len(args) == 2 else args[0]
         d_y, d_states = upstream
-        # Local derivatives of every layer at once, from the saved a, z[u:].
-        s = 0.5 - 0.5 * ops.softsign(gates)
-        c = ops.leaky_relu(candidates, negative_slope=CANDIDATE_NEGATIVE_SLOPE)
-        m = (-0.5 * (c - hs)) / ops.square(1.0 + ops.abs(gates))
-        n = ops.where(candidates > 0, s, CANDIDATE_NEGATIVE_SLOPE * s)
+        # Local derivatives of every layer at once, from the saved s and c,
+        # with m's factor 2 moved onto the (small) weights: the chain's ∂z'
+        # is ∂z / [2, …, 2, 1, …, 1] (`scale`).
+        one_minus_s = 1.0 - gates
+        q = ops.minimum(gates, one_minus_s)
+        m = (hs - candidates) * ops.square(q)
+        n = ops.where(
+            candidates > 0, gates, CANDIDATE_NEGATIVE_SLOPE * gates
+        )
         local_derivatives = ops.concatenate([m, n], axis=-1)
-
+        scale = ops.concatenate(
+            [ops.full((units,), 2.0, kernel.dtype),
+             ops.ones((units,), kernel.dtype)]
+        )
         d_x, deltas, d_z = _walk_backward(
-            d_y, _by_layer(d_states, depth, units), kernel, local_derivatives
+            d_y,
+            _by_layer(d_states, depth, units),
+            kernel * scale,
+            local_derivatives,
         )
 
         # Everything that can wait for the whole chain, all layers at once;
         # products with [R | 0] read or write the gate half of ∂z only.
-        d_kernel = ops.einsum("lbi,lbj->lij", inputs, d_z)
-        d_recurrent = ops.einsum("lbi,lbj->lij", hs, d_z)[..., :units]
-        d_bias = ops.sum(d_z, axis=1)
-        d_hs = deltas * (1.0 - s) + ops.einsum(
-            "lbj,lij->lbi", d_z, padded_recurrent
+        d_kernel = ops.einsum("lbi,lbj->lij", inputs, d_z) * scale
+        d_recurrent = 2.0 * ops.einsum("lbi,lbj->lij", hs, d_z)[..., :units]
+        d_bias = ops.sum(d_z, axis=1) * scale
+        d_hs = deltas * one_minus_s + ops.einsum(
+            "lbj,lij->lbi", d_z, 2.0 * padded_recurrent
         )
         return d_x, _flat(d_hs), d_kernel, d_recurrent, d_bias
 
