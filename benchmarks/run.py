@@ -521,6 +521,10 @@ def machine_facts():
     }
     if IS_TENSORFLOW:
         facts["tensorflow"] = _package_version("tensorflow")
+        # TensorFlow's thread pools: one thread per core each unless these
+        # variables (read when TensorFlow starts) say otherwise.
+        for name in ("TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS"):
+            facts[name] = os.environ.get(name, "default")
     else:
         facts["jax"] = _package_version("jax")
         facts["jaxlib"] = _package_version("jaxlib")
