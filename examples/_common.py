@@ -115,7 +115,8 @@ class RoundedAccuracy(keras.callbacks.Callback):
 def write_traces(cell, sequences, contexts, path, title):
     """Plots the traces of the first sample of `sequences` to `path`."""
     _, traces = superloop_cell.run_with_traces(cell, sequences, contexts)
-    return plot_traces(traces, path, title=title)
+    return plot_traces(traces, path, title=title,
+                       axis_labels=superloop_cell.trace_axis_labels(cell))
 
 
 class Stopwatch:

@@ -66,6 +66,8 @@ class Counter(sc.ExternalSystem):
         self.output_size = self.width
         self.state_size = [self.width]
         self.trace_sizes = {"total": self.width}
+        # What the rows of the "total" heatmap are, for plots.
+        self.trace_labels = {"total": "unit"}
 
     def call(self, control, states, training=False):
         total = states[0] + ops.tanh(control)

@@ -10,7 +10,8 @@ from superloop_cell.cells.sgu import SGUCell
 from superloop_cell.context import StepMask, SuperloopInitialState, initial_state
 from superloop_cell.stages import SGUStack
 from superloop_cell.superloop import SuperloopCell, trace_names
-from superloop_cell.traces import run_with_traces, traced_copy
+from superloop_cell.traces import (run_with_traces, trace_axis_labels,
+                                   traced_copy)
 from superloop_cell.systems.attention import Attention
 from superloop_cell.systems.base import ExternalSystem
 from superloop_cell.systems.hard_attention import HardAttention, reinforce_loss
@@ -34,5 +35,6 @@ __all__ = [
     "reinforce_loss",
     "trace_names",
     "run_with_traces",
+    "trace_axis_labels",
     "traced_copy",
 ]

@@ -15,7 +15,7 @@ def _group(traces):
     return groups
 
 
-def plot_traces(traces, path, sample=0, title=None):
+def plot_traces(traces, path, sample=0, title=None, axis_labels=None):
     """Writes a PNG of one sample's traces.
 
     Panels: the SGU gates (mean `f` per layer, layers × time); per system,
@@ -29,6 +29,9 @@ def plot_traces(traces, path, sample=0, title=None):
         path: Where to write the PNG.
         sample: Which batch row to plot. Default 0.
         title: Optional figure title.
+        axis_labels: Optional dict from a trace name to the label of its
+            heatmap's row axis, usually `superloop_cell.trace_axis_labels(
+            cell)`; rows are `"slot"`s otherwise.
 
     Returns:
         `path`.
@@ -41,6 +44,18 @@ def plot_traces(traces, path, sample=0, title=None):
     if not traces:
         raise ValueError("`traces` is empty: was the cell built with systems "
                          "or SGU layers?")
+    axis_labels = {} if axis_labels is None else axis_labels
+    if not isinstance(axis_labels, dict):
+        raise TypeError(
+            "Received an invalid value for argument `axis_labels`: expected "
+            f"a dict from trace name to str, got {axis_labels!r}."
+        )
+    unknown = sorted(set(axis_labels) - set(traces))
+    if unknown:
+        raise ValueError(
+            f"`axis_labels` names traces that are not in `traces`: {unknown}; "
+            f"the traces are {sorted(traces)}."
+        )
     groups = _group({k: np.asarray(v)[sample] for k, v in traces.items()})
     gates = {k: v for k, v in groups.items() if "gate" in v}
     systems = {k: v for k, v in groups.items() if "gate" not in v}
@@ -54,8 +69,7 @@ def plot_traces(traces, path, sample=0, title=None):
         matrices = {k: v for k, v in parts.items() if v.shape[-1] > 1}
         lines = {k: v[:, 0] for k, v in parts.items() if v.shape[-1] == 1}
         for key, matrix in matrices.items():
-            # HardAttention's move probabilities: rows are −1, 0, +1.
-            ylabel = "move + 1" if key == "probabilities" else "slot"
+            ylabel = axis_labels.get(f"{name}/{key}", "slot")
             panels.append((f"{name}: {key}", matrix.T, ylabel, lines))
             lines = {}
         if lines:

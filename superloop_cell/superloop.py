@@ -99,6 +99,23 @@ def _check_system(index, system):
         )
     for i, size in enumerate(sizes):
         _validation.positive_int(f"{where}.state_size[{i}]", size)
+    labels = system.trace_labels
+    if not isinstance(labels, dict):
+        raise TypeError(
+            f"`{where}.trace_labels` must be a dict from trace name to str, "
+            f"got {labels!r}."
+        )
+    for key, label in labels.items():
+        if key not in system.trace_sizes:
+            raise ValueError(
+                f"`{where}.trace_labels` names the trace {key!r}, which is "
+                f"not in its `trace_sizes` ({list(system.trace_sizes)})."
+            )
+        if not isinstance(label, str):
+            raise TypeError(
+                f"`{where}.trace_labels[{key!r}]` must be a str, got "
+                f"{label!r}."
+            )
 
 
 def _snake(name):

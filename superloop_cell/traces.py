@@ -3,7 +3,8 @@
 Tracing is opt-in and leaves the trained cell alone: `traced_copy` makes a
 `trace=True` twin of a cell with the same weights, whose output carries the
 SGU gates and each system's `trace` after `y`; `run_with_traces` runs it
-over a batch and returns the traces by name as NumPy arrays.
+over a batch and returns the traces by name as NumPy arrays;
+`trace_axis_labels` says what the entries of the wider ones are, for plots.
 """
 
 import keras
@@ -71,3 +72,27 @@ def run_with_traces(cell, sequences, contexts=(), mask=None, twin=None):
     outputs = layer(sequences, initial_state=states, mask=mask)
     y, traces = twin.split_output(keras.ops.convert_to_numpy(outputs))
     return y, traces
+
+
+def trace_axis_labels(cell):
+    """What the entries of `cell`'s wider traces are, for plot axes.
+
+    Args:
+        cell: A `SuperloopCell`.
+
+    Returns:
+        A dict from trace name (`"register_memory/store"`) to the label its
+        system declares in `trace_labels` (`"register"`); traces without
+        one are left out (`plotting.plot_traces` calls their entries
+        `"slot"`).
+    """
+    if not isinstance(cell, SuperloopCell):
+        raise TypeError(
+            "Received an invalid value for argument `cell`: expected a "
+            f"SuperloopCell, got {cell!r} (type {type(cell).__name__})."
+        )
+    return {
+        f"{name}/{key}": label
+        for name, system in zip(cell.component_names["systems"], cell.systems)
+        for key, label in system.trace_labels.items()
+    }

@@ -109,6 +109,26 @@ def test_user_system_with_bad_sizes():
         sc.SuperloopCell([sc.SGUCell(3)], [Broken()])
 
 
+@pytest.mark.parametrize("labels, error, message", [
+    (["store"], TypeError, r"`systems\[0\].trace_labels` must be a dict"),
+    ({"nothing": "slot"}, ValueError,
+     r"names the trace 'nothing', which is not in its `trace_sizes`"),
+    ({"total": 3}, TypeError, r"`systems\[0\].trace_labels\['total'\]` must "
+                              r"be a str"),
+])
+def test_user_system_with_bad_trace_labels(labels, error, message):
+    class Labelled(sc.ExternalSystem):
+        def __init__(self):
+            super().__init__()
+            self.control_size = self.output_size = 2
+            self.state_size = [2]
+            self.trace_sizes = {"total": 2}
+            self.trace_labels = labels
+
+    with pytest.raises(error, match=message):
+        sc.SuperloopCell([sc.SGUCell(3)], [Labelled()])
+
+
 def _model(cell, features):
     inp = keras.Input((None, features))
     return keras.Model(inp, keras.layers.RNN(cell)(inp))

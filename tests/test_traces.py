@@ -120,6 +120,49 @@ def test_plot_traces_writes_a_png(tmp_path):
     assert image[..., :3].std() > 0.05  # not blank
 
 
+def test_trace_axis_labels_come_from_the_systems():
+    cell = sc.SuperloopCell(
+        [sc.SGUCell(3)],
+        [sc.RegisterMemory(2, 3), sc.HardAttention(5, 1), sc.NeuralStack(2, 4),
+         sc.RegisterMemory(2, 2)])
+    assert sc.trace_axis_labels(cell) == {
+        "register_memory/store": "register",
+        "register_memory/recall": "register",
+        "hard_attention/weights": "position",
+        "hard_attention/probabilities": "move + 1",
+        "register_memory_1/store": "register",
+        "register_memory_1/recall": "register",
+    }
+    with pytest.raises(TypeError, match="expected a SuperloopCell"):
+        sc.trace_axis_labels(sc.SGUCell(3))
+
+
+def test_plot_traces_labels_and_checks_its_axes(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.axes
+
+    from superloop_cell.plotting import plot_traces
+
+    ylabels = []
+    set_ylabel = matplotlib.axes.Axes.set_ylabel
+    monkeypatch.setattr(
+        matplotlib.axes.Axes, "set_ylabel",
+        lambda ax, label, *a, **k: (ylabels.append(label),
+                                    set_ylabel(ax, label, *a, **k))[1])
+
+    traces = {"register_memory/store": np.zeros((1, 4, 2), "f4")}
+    with pytest.raises(TypeError, match="`axis_labels`: expected a dict"):
+        plot_traces(traces, tmp_path / "t.png", axis_labels=["register"])
+    with pytest.raises(ValueError, match=r"not in `traces`: \['attention/w"):
+        plot_traces(traces, tmp_path / "t.png",
+                    axis_labels={"attention/weights": "position"})
+    plot_traces(traces, tmp_path / "t.png")
+    plot_traces(traces, tmp_path / "t.png",
+                axis_labels={"register_memory/store": "register"})
+    # (The colour bars set empty labels.)
+    assert [label for label in ylabels if label] == ["slot", "register"]
+
+
 def test_selected_traces_equal_the_full_ones_and_keep_their_order():
     full = _cell(trace=True)
     names = ["neural_stack/read_weights", "attention/position", "sgu_1/gate"]

@@ -99,6 +99,7 @@ class Attention(ExternalSystem):
         self.context_shape = (self.positions, self.width)
         self.state_size = [1, self.positions * self.width]
         self.trace_sizes = {"position": 1, "weights": self.positions}
+        self.trace_labels = {"weights": "position"}
         self.control_kernel_initializer = keras.initializers.RandomUniform(
             0.0, 0.1
         )

@@ -36,6 +36,10 @@ class ExternalSystem(keras.layers.Layer):
     the widths declared in `trace_sizes` (a dict, name → width); the
     superloop collects them when traces are asked for
     (`SuperloopCell(..., trace=True)`, `superloop_cell.run_with_traces`).
+    `trace_labels` (a dict, name → str, optional) says what the entries of
+    a trace wider than 1 are, e.g. `"register"`; plots label the heatmap's
+    axis with it (`superloop_cell.trace_axis_labels`), `"slot"` when not
+    given.
 
     Example:
 
@@ -60,6 +64,7 @@ class ExternalSystem(keras.layers.Layer):
 
     context_shape = None
     trace_sizes = {}
+    trace_labels = {}
     control_kernel_initializer = None
     control_bias_initializer = None
 

@@ -71,6 +71,9 @@ class HardAttention(ExternalSystem):
         self.state_size = [1, 1, 1, self.positions * self.width]
         self.trace_sizes = {"position": 1, "weights": self.positions,
                             "probabilities": len(MOVES)}
+        # The move probabilities' rows are the moves −1, 0, +1.
+        self.trace_labels = {"weights": "position",
+                             "probabilities": "move + 1"}
         self.control_kernel_initializer = keras.initializers.RandomUniform(
             -0.05, 0.05
         )

@@ -47,6 +47,7 @@ class RegisterMemory(ExternalSystem):
         self.output_size = self.width
         self.state_size = [self.depth * self.width]
         self.trace_sizes = {"store": self.depth, "recall": self.depth}
+        self.trace_labels = {"store": "register", "recall": "register"}
 
     def _split(self, control):
         # One split and one softmax over (batch, 2, depth) for both address
