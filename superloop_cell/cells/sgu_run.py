@@ -11,9 +11,9 @@ axis, and keeps the per-layer chain to what must be sequential:
   layer; before it, the recurrent halves of every gate in one batched
   product;
 * backward: one product `∂z_l · K_lᵀ` per layer (plus a few elementwise
-  ops); before it, every layer's local derivatives from the saved
-  gates and candidates; after it, `∂K`, `∂R`, `∂b` and the state gradients of all
-  layers in batched products.
+  ops); before it, every layer's local derivatives from the saved gates
+  and candidates; after it, `∂K`, `∂R`, `∂b` and the state gradients of
+  all layers in batched products.
 
 On a CPU each op costs microseconds of overhead whatever its size and the
 products of a 16-unit layer are tiny, so the number of ops per layer on the
@@ -23,7 +23,8 @@ stacked along the layer axis, every layer's input, its `s` and its candidate
 `c`, instead of the dozen intermediates per layer that automatic
 differentiation keeps. Saving `s` and `c` rather than the pre-activations
 leaves the backward pass fewer passes over these tensors: `1/(1 + |a|)` is
-`1 − |softsign(a)| = 2·min(s, 1 − s)`, and `c > 0` exactly where `z[u:] > 0`. The batched products use `[R_l | 0]`, the recurrent
+`1 − |softsign(a)| = 2·min(s, 1 − s)`, and `c > 0` exactly where
+`z[u:] > 0`. The batched products use `[R_l | 0]`, the recurrent
 kernel padded to the width of z, so that one product gives every layer's
 addend `[p_l, 0] + b_l` and the backward products read only the gate half of
 `∂z_l` without slicing it out.

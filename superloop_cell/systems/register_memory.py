@@ -65,8 +65,9 @@ class RegisterMemory(ExternalSystem):
         memory = memory + ops.expand_dims(store, -1) * (
             ops.expand_dims(data, 1) - memory
         )
-        # Not an einsum: TensorFlow's batched product of (1, depth) by
-        # (depth, width) matrices took ~4× as long as this in a profile.
+        # Not an einsum: in a profile (TensorFlow, batch 256) its forward
+        # and gradient einsums took 180–390 µs each per step, 48 ms of a
+        # 64-step training step.
         output = ops.sum(ops.expand_dims(recall, -1) * memory, axis=1)
         return output, [ops.reshape(memory, (-1, self.depth * self.width))]
 
