@@ -10,7 +10,7 @@ with them.
 import keras
 from keras import ops
 
-from superloop_cell.superloop import SuperloopCell
+from superloop_cell.superloop import check_superloop_cell
 
 
 @keras.saving.register_keras_serializable(package="superloop_cell")
@@ -160,11 +160,7 @@ def initial_state(cell, sequences, contexts=()):
     position = cell.system_states(final, 0)[0]
     ```
     """
-    if not isinstance(cell, SuperloopCell):
-        raise TypeError(
-            "Received an invalid value for argument `cell`: expected a "
-            f"SuperloopCell, got {cell!r} (type {type(cell).__name__})."
-        )
+    check_superloop_cell(cell)
     if not isinstance(contexts, (list, tuple)):
         contexts = [contexts]
     # The state index of every system's states, from the cell's own layout.

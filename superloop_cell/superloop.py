@@ -601,3 +601,13 @@ class SuperloopCell(keras.layers.Layer):
             keras.saving.deserialize_keras_object(s) for s in config["systems"]
         ]
         return cls(**config)
+
+
+def check_superloop_cell(cell):
+    """Raises `TypeError` naming the argument `cell` unless it is a
+    `SuperloopCell` (for functions that take one)."""
+    if not isinstance(cell, SuperloopCell):
+        raise TypeError(
+            "Received an invalid value for argument `cell`: expected a "
+            f"SuperloopCell, got {cell!r} (type {type(cell).__name__})."
+        )

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from superloop_cell.context import initial_state
-from superloop_cell.superloop import SuperloopCell
+from superloop_cell.superloop import SuperloopCell, check_superloop_cell
 
 
 def traced_copy(cell, input_dim):
@@ -21,11 +21,7 @@ def traced_copy(cell, input_dim):
         cell: A built `SuperloopCell`.
         input_dim: Int, the feature width the cell was built for.
     """
-    if not isinstance(cell, SuperloopCell):
-        raise TypeError(
-            "Received an invalid value for argument `cell`: expected a "
-            f"SuperloopCell, got {cell!r} (type {type(cell).__name__})."
-        )
+    check_superloop_cell(cell)
     if not cell.built:
         raise ValueError(
             "`cell` must be built (called on data or part of a built model) "
@@ -86,11 +82,7 @@ def trace_axis_labels(cell):
         one are left out (`plotting.plot_traces` calls their entries
         `"slot"`).
     """
-    if not isinstance(cell, SuperloopCell):
-        raise TypeError(
-            "Received an invalid value for argument `cell`: expected a "
-            f"SuperloopCell, got {cell!r} (type {type(cell).__name__})."
-        )
+    check_superloop_cell(cell)
     return {
         f"{name}/{key}": label
         for name, system in zip(cell.component_names["systems"], cell.systems)

@@ -11,7 +11,7 @@ import re
 
 import keras
 
-from superloop_cell.superloop import SuperloopCell
+from superloop_cell.superloop import SuperloopCell, check_superloop_cell
 
 _SUFFIX = r"(?:_\d+)?"
 
@@ -27,7 +27,7 @@ def component_scopes(cell):
         `gru_cell`...), then `control` and one per system when there are
         systems (`register_memory`, `attention`, `neural_stack`...).
     """
-    _check_cell(cell)
+    check_superloop_cell(cell)
     return cell.scope_names
 
 
@@ -83,10 +83,3 @@ def find_superloop_cell(model):
         )
     return found[0]
 
-
-def _check_cell(cell):
-    if not isinstance(cell, SuperloopCell):
-        raise TypeError(
-            "Received an invalid value for argument `cell`: expected a "
-            f"SuperloopCell, got {cell!r} (type {type(cell).__name__})."
-        )
