@@ -8,7 +8,7 @@ extra input at the next step — all inside one cell, so
 
 from superloop_cell.cells.sgu import SGUCell
 from superloop_cell.context import StepMask, SuperloopInitialState, initial_state
-from superloop_cell.stages import SGUStack
+from superloop_cell.state_layout import StateLayout, SuperloopState
 from superloop_cell.superloop import SuperloopCell, trace_names
 from superloop_cell.traces import (run_with_traces, trace_axis_labels,
                                    traced_copy)
@@ -26,10 +26,11 @@ __all__ = [
     "HardAttention",
     "RegisterMemory",
     "SGUCell",
-    "SGUStack",
+    "StateLayout",
     "StepMask",
     "SuperloopCell",
     "SuperloopInitialState",
+    "SuperloopState",
     "NeuralStack",
     "initial_state",
     "reinforce_loss",

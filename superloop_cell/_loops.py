@@ -56,3 +56,28 @@ def scan(step, carry, xs, length, reverse=False):
         maximum_iterations=length,
     )
     return carry, tuple(a.stack() for a in arrays)
+
+
+def loop_invariant(compute):
+    """`compute()`, built outside the TensorFlow while loop being traced.
+
+    A cell's step runs inside the RNN's loop; a value that does not change
+    from step to step (the stacked weights of a fused SGU run) is then
+    recomputed every step, and TensorFlow's loop gradient keeps one
+    accumulator per variable it reads. Built in the graph around the loop,
+    the loop captures one tensor and its gradient is accumulated once. On
+    other backends (and eagerly) this is `compute()`: XLA hoists loop
+    invariants itself.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return compute()
+    import tensorflow as tf
+
+    graph = tf.compat.v1.get_default_graph()
+    outer = graph
+    while type(outer).__name__ == "WhileBodyFuncGraph":
+        outer = outer.outer_graph
+    if outer is graph:
+        return compute()
+    with outer.as_default():
+        return compute()

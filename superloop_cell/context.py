@@ -8,16 +8,22 @@ with them.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
+from superloop_cell import _random
 from superloop_cell.superloop import check_superloop_cell
 
 
 @keras.saving.register_keras_serializable(package="superloop_cell")
 class SuperloopInitialState(keras.layers.Layer):
-    """Zeros for every state of a superloop, with the contexts put in.
+    """A superloop's initial state, with the contexts and fresh keys put in.
 
-    Made by `initial_state`; it only needs the state layout, not the cell.
+    Made by `initial_state`; it needs only the state layout, not the cell.
+    Every state starts at zero, or at its row of `start_values`; a context
+    state takes its context, a key state fresh random keys drawn from a
+    `keras.random.SeedGenerator` (one per key state, seeded by its
+    system's `seed`).
 
     Args:
         state_sizes: List of ints, the cell's `state_size`.
@@ -25,6 +31,11 @@ class SuperloopInitialState(keras.layers.Layer):
         context_shapes: List of tuples, the shape of each context without
             the batch axis.
         context_names: Names of the systems that read them, for errors.
+        start_values: Dict from state index (int or its str) to a list of
+            floats, the non-zero starting values of that state (the same
+            for every sample).
+        key_slots: List of ints, the state index of each random key.
+        key_seeds: List of int or None, one seed per key state.
 
     Call arguments:
         inputs: `[sequences, context_0, context_1, ...]`; `sequences` only
@@ -36,13 +47,22 @@ class SuperloopInitialState(keras.layers.Layer):
 
     def __init__(
         self, state_sizes, context_slots, context_shapes, context_names,
-        **kwargs,
+        start_values=None, key_slots=(), key_seeds=(), **kwargs,
     ):
         super().__init__(**kwargs)
         self.state_sizes = [int(s) for s in state_sizes]
         self.context_slots = [int(s) for s in context_slots]
         self.context_shapes = [tuple(s) for s in context_shapes]
         self.context_names = list(context_names)
+        self.start_values = {
+            int(slot): [float(v) for v in values]
+            for slot, values in (start_values or {}).items()
+        }
+        self.key_slots = [int(s) for s in key_slots]
+        self.key_seeds = list(key_seeds)
+        self._key_generators = [
+            keras.random.SeedGenerator(seed) for seed in self.key_seeds
+        ]
 
     def _check(self, shapes):
         if len(shapes) != len(self.context_slots) + 1:
@@ -68,15 +88,21 @@ class SuperloopInitialState(keras.layers.Layer):
         sequences, contexts = inputs[0], inputs[1:]
         self._check([x.shape for x in inputs])
         batch = ops.shape(sequences)[0]
-        states = [
-            ops.zeros((batch, size), dtype=self.compute_dtype)
-            for size in self.state_sizes
-        ]
+        states = []
+        for slot, size in enumerate(self.state_sizes):
+            state = ops.zeros((batch, size), dtype=self.compute_dtype)
+            if slot in self.start_values:
+                state = state + ops.convert_to_tensor(
+                    self.start_values[slot], self.compute_dtype)
+            states.append(state)
         for slot, context in zip(self.context_slots, contexts):
             states[slot] = ops.reshape(
                 ops.cast(context, self.compute_dtype),
                 (batch, self.state_sizes[slot]),
             )
+        for slot, generator in zip(self.key_slots, self._key_generators):
+            states[slot] = _random.draw_keys(batch, generator,
+                                             self.compute_dtype)
         return states
 
     def compute_output_spec(self, inputs):
@@ -93,6 +119,9 @@ class SuperloopInitialState(keras.layers.Layer):
             "context_slots": self.context_slots,
             "context_shapes": [list(s) for s in self.context_shapes],
             "context_names": self.context_names,
+            "start_values": {str(k): v for k, v in self.start_values.items()},
+            "key_slots": self.key_slots,
+            "key_seeds": self.key_seeds,
         }
 
 
@@ -163,12 +192,11 @@ def initial_state(cell, sequences, contexts=()):
     check_superloop_cell(cell)
     if not isinstance(contexts, (list, tuple)):
         contexts = [contexts]
-    # The state index of every system's states, from the cell's own layout.
-    layout = cell.split_states(range(len(cell.state_size)))["systems"]
+    layout = cell.layout
     slots, shapes, names = [], [], []
-    for i, (system, indices) in enumerate(zip(cell.systems, layout)):
-        if system.context_shape is not None:
-            slots.append(indices[-1])  # a context is its system's last state
+    for i, system in enumerate(cell.systems):
+        if i in layout.contexts:
+            slots.append(layout.contexts[i])
             shapes.append(tuple(system.context_shape))
             names.append(f"systems[{i}] ({type(system).__name__})")
     if len(contexts) != len(slots):
@@ -177,5 +205,22 @@ def initial_state(cell, sequences, contexts=()):
             f"systems read {len(slots)} context(s) ({', '.join(names) or 'none'}),"
             f" but {len(contexts)} were given."
         )
-    layer = SuperloopInitialState(cell.state_size, slots, shapes, names)
+    start_values, key_slots, key_seeds = {}, [], []
+    for i, (system, indices) in enumerate(zip(cell.systems, layout.systems)):
+        if system.key_state is not None:
+            key_slots.append(indices[system.key_state])
+            key_seeds.append(getattr(system, "seed", None))
+        # Non-zero starting values a system gives every sample (e.g. a
+        # memory's initial fill), read off one sample of its initial state.
+        own_start = system.get_initial_state(1)
+        for j, (slot, value) in enumerate(zip(indices, own_start)):
+            if j == system.key_state or slot in layout.contexts.values():
+                continue
+            row = np.asarray(ops.convert_to_numpy(value), np.float64)[0]
+            if np.any(row != 0):
+                start_values[slot] = row.tolist()
+    layer = SuperloopInitialState(
+        cell.state_size, slots, shapes, names,
+        start_values=start_values, key_slots=key_slots, key_seeds=key_seeds,
+    )
     return layer([sequences, *contexts])

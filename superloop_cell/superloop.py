@@ -5,20 +5,14 @@ One step, with `x_t` the step's input and `feedback_0 = 0`:
     u_t        = concat([x_t, feedback_{t−1}])
     y          = cells[-1](… cells[0](u_t) …)        each cell's output feeds
                                                      the next one
-    controls   = y · control_kernel + control_bias   one projection, sliced
+    controls   = y · control_kernel + control_bias   one projection, split
                                                      per system in order
     feedback_t = concat([system(control_i) for each system])
 
-The cell's output is `y`. Its state is one flat list of `(batch, size)`
-tensors, laid out as
-
-    [feedback]                      only when there are systems
-    + every cell's states, in order (a run of same-width SGU layers is one
-      stacked state of `depth·units` in the fused layout, see below)
-    + every system's states, in order (a context, such as the attention
-      data, is its system's last state)
-
-`split_states` turns such a list back into named parts.
+The cell's output is `y` (followed by the traces when some are asked for).
+Its state is a `SuperloopState` (output, feedback, every stage's and every
+system's states), carried by Keras as the flat list that
+`state_layout.StateLayout` describes.
 """
 
 import re
@@ -27,13 +21,14 @@ import keras
 from keras import ops
 
 from superloop_cell import _validation
+from superloop_cell._random import KEY_SIZE
 from superloop_cell.stages import (
     AUTO_FUSED,
-    SGURunStage,
     is_sgu,
     plan_stages,
     stages_output_size,
 )
+from superloop_cell.state_layout import StateLayout, SuperloopState
 from superloop_cell.systems.base import ExternalSystem
 
 
@@ -99,6 +94,16 @@ def _check_system(index, system):
         )
     for i, size in enumerate(sizes):
         _validation.positive_int(f"{where}.state_size[{i}]", size)
+    key_state = system.key_state
+    if key_state is not None:
+        if (isinstance(key_state, bool) or not isinstance(key_state, int)
+                or not 0 <= key_state < len(sizes)
+                or sizes[key_state] != KEY_SIZE):
+            raise ValueError(
+                f"`{where}.key_state` must be None or the index of one of its "
+                f"states of size {KEY_SIZE}, got {key_state!r} (state sizes "
+                f"{list(sizes)})."
+            )
     labels = system.trace_labels
     if not isinstance(labels, dict):
         raise TypeError(
@@ -210,19 +215,17 @@ class SuperloopCell(keras.layers.Layer):
         control_kernel_initializer: Initializer of `control_kernel` for the
             slices of systems that bring none. Default `"glorot_uniform"`.
         control_bias_initializer: Same for `control_bias`. Default `"zeros"`.
-        fused: Whether a run of consecutive `SGUCell`s of one width after
+        fused: How a run of consecutive `SGUCell`s of one width after
             `cells[0]` (each reading the previous cell's output of that
-            width) is computed as one stacked layer, its weights in one
-            `SGUStack` (see `stages.py`): `"auto"` (default) fuses runs of
-            15 or more layers (a stack of 16 or more `SGUCell`s), True
-            every run of two or more, False none. Outputs are the same
-            either way; the fused layout keeps the graph from growing with
-            depth (first training step 2–5× shorter at 16–32 layers), but
-            its batched ops cost a fixed ~0.5 ms per step on a CPU, more
-            than they save in shorter runs.
-            The fused `SGUCell` objects hold no weights: theirs are
-            `fused_stacks[i].kernel` etc., with a leading layer axis, and
-            the run's states are one state of `depth·units`.
+            width) is computed: as one stacked layer with a hand-written
+            gradient (see `stages.py`), or cell by cell. `"auto"` (default)
+            fuses runs of 15 or more layers (a stack of 16 or more
+            `SGUCell`s), True every run of two or more, False none. Outputs
+            and weights are the same either way (each `SGUCell` owns its
+            weights; a checkpoint loads whatever `fused` says); the fused
+            run keeps the graph from growing with depth, but its batched
+            ops have a fixed cost per step that short runs do not earn
+            back. A fused run's states are one state of `depth·units`.
         trace: Whether the cell's output also carries, per step, what every
             component did (see `trace_layout`, `split_output` and
             `superloop_cell.run_with_traces`): each SGU layer's gate `f`
@@ -237,7 +240,8 @@ class SuperloopCell(keras.layers.Layer):
     Call arguments:
         inputs: `(batch, features)`, one time step; `features` may be 0 for
             a superloop driven only by its own feedback.
-        states: flat list laid out as in `state_size`.
+        states: flat list laid out as in `state_size` (see `layout` and
+            `split_states`); the first state is the previous output.
         training: Passed to the cells and systems.
 
     Output shape:
@@ -308,6 +312,7 @@ class SuperloopCell(keras.layers.Layer):
         # Keras' RNN reads `state_size` when it is constructed, so the stage
         # plan (and with it the state layout) depends on the cells alone.
         self._stages = plan_stages(self.cells, self.fused)
+        self.fused_runs = sum(len(stage.cells) > 1 for stage in self._stages)
         # Name scopes of the step, stable across models: `sgu_0`, a fused
         # run `sgu_1_to_31`, `gru_cell`, `register_memory`, `control`, ...
         names = self.component_names["cells"]
@@ -318,11 +323,19 @@ class SuperloopCell(keras.layers.Layer):
             if last != first:  # a fused run: sgu_<first>_to_<last>
                 scope += "_to_" + names[last].rsplit("_", 1)[-1]
             self._stage_scopes.append(scope)
-        self.fused_stacks = [
-            s.stack for s in self._stages if isinstance(s, SGURunStage)
+        self._stage_gate_names = [
+            [names[i] + "/gate" for i in stage.indices if is_sgu(self.cells[i])]
+            for stage in self._stages
         ]
         self._input_dim = None
-        self.state_size = self._layout_state_size()
+        self.layout = StateLayout(
+            self.output_size,
+            self.feedback_size,
+            [stage.state_sizes for stage in self._stages],
+            [list(system.state_size) for system in self.systems],
+            [system.context_shape is not None for system in self.systems],
+        )
+        self.state_size = list(self.layout.sizes)
 
     # ------------------------------------------------------------------ build
 
@@ -411,54 +424,21 @@ class SuperloopCell(keras.layers.Layer):
             start += width
         return y, traces
 
-    def _layout_state_size(self):
-        sizes = [self.feedback_size] if self.systems else []
-        for stage in self._stages:
-            sizes.extend(stage.state_sizes)
-        for system in self.systems:
-            sizes.extend(system.state_size)
-        return sizes
-
-    def _state_counts(self):
-        return (
-            1 if self.systems else 0,
-            [len(stage.state_sizes) for stage in self._stages],
-            [len(system.state_size) for system in self.systems],
-        )
-
     def split_states(self, states):
         """Names the parts of a flat state list (e.g. from `return_state`).
 
-        Returns a dict with `"feedback"` (tensor or None), `"stages"` (one
-        list of states per stage: a cell, or a fused SGU run) and
-        `"systems"` (one list per system, in order).
+        Returns:
+            A `SuperloopState(output, feedback, stages, systems)`: the
+            previous output, the feedback (None without systems), one list
+            of states per stage (a cell, or a fused SGU run) and one per
+            system, in order.
         """
-        states = list(states)
-        n_feedback, stage_counts, system_counts = self._state_counts()
-        if len(states) != n_feedback + sum(stage_counts) + sum(system_counts):
-            raise ValueError(
-                f"Expected {n_feedback + sum(stage_counts) + sum(system_counts)}"
-                f" states, got {len(states)}."
-            )
-        feedback = states[0] if n_feedback else None
-        rest = states[n_feedback:]
-        stage_states, system_states = [], []
-        for count in stage_counts:
-            stage_states.append(rest[:count])
-            rest = rest[count:]
-        for count in system_counts:
-            system_states.append(rest[:count])
-            rest = rest[count:]
-        return {
-            "feedback": feedback,
-            "stages": stage_states,
-            "systems": system_states,
-        }
+        return self.layout.split(states)
 
     def system_states(self, states, system):
         """The states of one system (an index or the object itself)."""
         index = system if isinstance(system, int) else self.systems.index(system)
-        return self.split_states(states)["systems"][index]
+        return self.layout.split(states).systems[index]
 
     def get_initial_state(self, batch_size=None):
         for i, system in enumerate(self.systems):
@@ -471,10 +451,22 @@ class SuperloopCell(keras.layers.Layer):
                     "sequences, contexts)` and pass it as "
                     "`keras.layers.RNN(cell)(sequences, initial_state=...)`."
                 )
-        return [
-            ops.zeros((batch_size, size), dtype=self.compute_dtype)
-            for size in self.state_size
-        ]
+
+        def zeros(size):
+            return ops.zeros((batch_size, size), dtype=self.compute_dtype)
+
+        state = SuperloopState(
+            output=zeros(self.output_size),
+            feedback=zeros(self.feedback_size) if self.systems else None,
+            stages=[[zeros(s) for s in stage.state_sizes]
+                    for stage in self._stages],
+            systems=[
+                [ops.cast(s, self.compute_dtype)
+                 for s in system.get_initial_state(batch_size)]
+                for system in self.systems
+            ],
+        )
+        return self.layout.join(state)
 
     # ------------------------------------------------------------------- step
 
@@ -500,55 +492,65 @@ class SuperloopCell(keras.layers.Layer):
 
     def call(self, inputs, states, training=False):
         self._check_step_input(inputs)
-        parts = self.split_states(states)
-        if parts["feedback"] is not None:
-            x = ops.concatenate([inputs, parts["feedback"]], axis=-1)
-        else:
-            x = inputs
-        new_states, traces = [], []
-        for stage, scope, stage_states in zip(
-            self._stages, self._stage_scopes, parts["stages"]
+        state = self.layout.split(states)
+        x = inputs
+        if state.feedback is not None:
+            x = ops.concatenate([inputs, state.feedback], axis=-1)
+        traces = {}
+        stage_states = []
+        for stage, scope, gate_names, own_states in zip(
+            self._stages, self._stage_scopes, self._stage_gate_names,
+            state.stages,
         ):
+            wanted = [self._traced(name) for name in gate_names]
             with keras.name_scope(scope):
-                names = [
-                    self.component_names["cells"][i] + "/gate"
-                    for i in stage.indices
-                    if is_sgu(self.cells[i])
-                ]
-                wanted = [self._traced(n) for n in names]
-                if any(wanted):
-                    gates = stage.gates(x, stage_states)
-                    traces.extend(g for g, w in zip(gates, wanted) if w)
-                x, stage_new = stage(x, stage_states, training=training)
-            new_states.extend(stage_new)
+                x, new_states, gates = stage(
+                    x, own_states, training=training, with_gates=any(wanted)
+                )
+            traces.update(
+                (name, gate)
+                for name, gate, keep in zip(gate_names, gates, wanted) if keep
+            )
+            stage_states.append(new_states)
         y = x
-        if not self.systems:
-            return self._with_traces(y, traces), new_states
-        with keras.name_scope("control"):
-            controls = ops.matmul(y, self.control_kernel) + self.control_bias
-        outputs, system_new = [], []
-        for system, control, scope, sys_states in zip(
-            self.systems,
-            self._per_system(controls),
-            self.component_names["systems"],
-            parts["systems"],
-        ):
-            with keras.name_scope(scope):
-                keys = [
-                    k for k in system.trace_sizes
-                    if self._traced(f"{scope}/{k}")
-                ]
-                if keys:
-                    step_trace = system.trace(control, sys_states)
-                    traces.extend(step_trace[k] for k in keys)
-                out, sys_new = system(control, sys_states, training=training)
-            outputs.append(out)
-            system_new.extend(sys_new)
-        feedback = (
-            ops.concatenate(outputs, axis=-1) if len(outputs) > 1 else outputs[0]
+        feedback, system_states = None, []
+        if self.systems:
+            with keras.name_scope("control"):
+                controls = (
+                    ops.matmul(y, self.control_kernel) + self.control_bias
+                )
+            outputs = []
+            for system, control, scope, own_states in zip(
+                self.systems,
+                self._per_system(controls),
+                self.component_names["systems"],
+                state.systems,
+            ):
+                keys = [k for k in system.trace_sizes
+                        if self._traced(f"{scope}/{k}")]
+                with keras.name_scope(scope):
+                    if keys:
+                        out, new_states, step_traces = system(
+                            control, own_states, training=training,
+                            traces=True,
+                        )
+                        traces.update(
+                            (f"{scope}/{k}", step_traces[k]) for k in keys
+                        )
+                    else:
+                        out, new_states = system(
+                            control, own_states, training=training
+                        )
+                outputs.append(out)
+                system_states.append(list(new_states))
+            feedback = (
+                ops.concatenate(outputs, axis=-1)
+                if len(outputs) > 1 else outputs[0]
+            )
+        output = self._with_traces(y, traces)
+        return output, self.layout.join(
+            SuperloopState(output, feedback, stage_states, system_states)
         )
-        new_states = [feedback] + new_states + system_new
-        return self._with_traces(y, traces), new_states
 
     def _per_system(self, controls):
         """The control projection cut into one control per system."""
@@ -565,8 +567,11 @@ class SuperloopCell(keras.layers.Layer):
     def _with_traces(self, y, traces):
         if not self.trace:
             return y
-        return ops.concatenate([y] + [ops.cast(t, y.dtype) for t in traces],
-                               axis=-1)
+        return ops.concatenate(
+            [y] + [ops.cast(traces[name], y.dtype)
+                   for name, _ in self.trace_layout],
+            axis=-1,
+        )
 
     # ----------------------------------------------------------------- config
 

@@ -1,62 +1,85 @@
-"""Shared test helpers: weights out of a cell, small models, randomising."""
+"""Shared test helpers: weights out of a cell, small models, randomising,
+and gradients on any backend."""
 
 import keras
 import numpy as np
+import pytest
 
 import superloop_cell as sc
-from superloop_cell.stages import CellStage, SGURunStage
+from superloop_cell.stages import is_sgu
+
+TENSORFLOW = keras.backend.backend() == "tensorflow"
+
+# TensorFlow-only tooling (TensorBoard writers and graphs, SavedModel
+# export, tf.distribute): skipped on other backends, and only these.
+tensorflow_only = pytest.mark.skipif(
+    not TENSORFLOW,
+    reason="TensorFlow-only feature (TensorBoard tooling, SavedModel "
+           "export, tf.distribute or TensorFlow graphs)",
+)
+
+
+def value_and_gradients(fn, variables=(), inputs=()):
+    """`fn(*inputs)` (a scalar) and its gradients, on any backend.
+
+    Args:
+        fn: Function of the `inputs` that may read Keras variables.
+        variables: Keras variables to differentiate with respect to.
+        inputs: Arrays passed to `fn`, also differentiated.
+
+    Returns:
+        `(value, variable_grads, input_grads)` as NumPy arrays; a gradient
+        that does not depend on the variable or input is zeros.
+    """
+    variables, inputs = list(variables), list(inputs)
+    if TENSORFLOW:
+        import tensorflow as tf
+
+        tensors = [tf.convert_to_tensor(x) for x in inputs]
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(tensors)
+            value = fn(*tensors)
+        grads = tape.gradient(
+            value, variables + tensors,
+            unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        grads = [np.asarray(g) for g in grads]
+        return np.asarray(value), grads[:len(variables)], grads[len(variables):]
+    import jax
+
+    def pure(values, xs):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return fn(*xs)
+
+    value, (d_vars, d_inputs) = jax.value_and_grad(pure, argnums=(0, 1))(
+        [v.value for v in variables], [jax.numpy.asarray(x) for x in inputs])
+    return (np.asarray(value), [np.asarray(g) for g in d_vars],
+            [np.asarray(g) for g in d_inputs])
 
 
 def sgu_layers(cell):
     """Every SGU layer's (kernel, recurrent_kernel, bias) as float64 arrays."""
     layers = []
-    for stage in cell._stages:
-        if isinstance(stage, SGURunStage):
-            k = keras.ops.convert_to_numpy(stage.stack.kernel)
-            r = keras.ops.convert_to_numpy(stage.stack.recurrent_kernel)
-            b = keras.ops.convert_to_numpy(stage.stack.bias)
-            layers.extend(zip(k, r, b))
-        else:
-            assert isinstance(stage, CellStage)
-            c = stage.cell
-            layers.append(tuple(keras.ops.convert_to_numpy(w) for w in
-                                (c.kernel, c.recurrent_kernel, c.bias)))
-    return [tuple(np.asarray(a, np.float64) for a in layer) for layer in layers]
+    for c in cell.cells:
+        assert is_sgu(c)
+        layers.append(tuple(np.asarray(keras.ops.convert_to_numpy(w),
+                                       np.float64)
+                            for w in (c.kernel, c.recurrent_kernel, c.bias)))
+    return layers
 
 
 def randomize(layer, scale=0.5, seed=0):
-    """Sets every weight of `layer` to random normal values (biases too)."""
+    """Sets every float weight of `layer` to random normal values (biases
+    too); seed-generator states are left alone."""
     rng = np.random.default_rng(seed)
     for w in layer.weights:
-        w.assign(rng.normal(0, scale, w.shape).astype(w.dtype))
+        if w.trainable:
+            w.assign(rng.normal(0, scale, w.shape).astype(w.dtype))
 
 
 def rnn_model(cell, features, steps=None, **rnn_kwargs):
     inp = keras.Input((steps, features))
     out = keras.layers.RNN(cell, **rnn_kwargs)(inp)
     return keras.Model(inp, out)
-
-
-def copy_weights_unfused_to_fused(unfused, fused):
-    """Copies an unfused superloop's weights into a fused one of one layout."""
-    layers = sgu_layers(unfused)
-    i = 0
-    for stage in fused._stages:
-        if isinstance(stage, SGURunStage):
-            n = stage.stack.depth
-            chunk = layers[i : i + n]
-            stage.stack.kernel.assign(np.stack([c[0] for c in chunk]))
-            stage.stack.recurrent_kernel.assign(np.stack([c[1] for c in chunk]))
-            stage.stack.bias.assign(np.stack([c[2] for c in chunk]))
-            i += n
-        else:
-            c = stage.cell
-            for w, v in zip((c.kernel, c.recurrent_kernel, c.bias), layers[i]):
-                w.assign(v)
-            i += 1
-    if unfused.systems:
-        fused.control_kernel.assign(unfused.control_kernel)
-        fused.control_bias.assign(unfused.control_bias)
 
 
 def sgu_superloop(depth=3, units=6, systems=None, fused=True):

@@ -137,3 +137,32 @@ def reinforce_loss(reward, log_prob, entropy=None, entropy_weight=0.0):
     if entropy is not None:
         loss = loss - entropy_weight * entropy
     return loss
+
+
+def _fmix32(h):
+    h = h.astype(np.uint32)
+    h ^= h >> np.uint32(16)
+    h = (h * np.uint32(0x85EBCA6B)).astype(np.uint32)
+    h ^= h >> np.uint32(13)
+    h = (h * np.uint32(0xC2B2AE35)).astype(np.uint32)
+    h ^= h >> np.uint32(16)
+    return h
+
+
+def key_uniform(key, count):
+    """The in-loop random draws of a key of 4 byte values (least significant
+    first): `count` uniforms from MurmurHash3's finaliser of the key
+    xor-ed with (k + 1)·0x61C88647, and the key advanced by 0x2545F491
+    modulo 2³¹."""
+    key = np.round(key).astype(np.uint64)
+    value = sum(key[:, i] << np.uint64(8 * i) for i in range(4))
+    value = value.astype(np.uint32)
+    draws = []
+    for k in range(count):
+        salt = np.uint32(((k + 1) * 0x61C88647) & 0xFFFFFFFF)
+        top = _fmix32(value ^ salt) >> np.uint32(8)
+        draws.append((top.astype(np.float64) + 0.5) / 2 ** 24)
+    nxt = (value.astype(np.uint64) + 0x2545F491) & 0x7FFFFFFF
+    next_key = np.stack([(nxt >> np.uint64(8 * i)) & np.uint64(255)
+                         for i in range(4)], axis=-1)
+    return np.stack(draws, axis=-1), next_key.astype(np.float64)

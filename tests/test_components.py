@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import superloop_cell as sc
+from helpers import value_and_gradients
 from reference import attention_step, register_memory_step, sgu_step
 
 ATOL = 1e-5
@@ -206,23 +207,25 @@ def test_attention_read_gradient_off_reads_the_same_without_gradient():
 
 def _gradients(attention, position, data):
     """At control 0.3: ∂read/∂position, ∂read/∂control, ∂p_t/∂control."""
-    import tensorflow as tf
+    control = np.full((1, 1), 0.3, "f4")
 
-    position = tf.Variable(position)
-    control = tf.Variable(np.full((1, 1), 0.3, "f4"))
-    with tf.GradientTape(persistent=True) as tape:
-        out, (new_position, _) = attention(control, [position,
-                                                     data.reshape(1, -1)])
-    grads = tape.gradient(out, [position, control],
-                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    grads.append(tape.gradient(new_position, control))
-    return [g.numpy() for g in grads]
+    def run(position, control):
+        return attention(control, [position, data.reshape(1, -1)])
+
+    _, _, (d_position, d_control) = value_and_gradients(
+        lambda p, c: keras.ops.sum(run(p, c)[0]), inputs=[position, control])
+    _, _, (_, d_move) = value_and_gradients(
+        lambda p, c: keras.ops.sum(run(p, c)[1][0]),
+        inputs=[position, control])
+    return d_position, d_control, d_move
 
 
 def test_attention_weights_trace_matches_definition():
     attention = sc.Attention(5, 1, normalize=True)
     control = np.array([[0.0], [3.0]], "f4")
-    trace = attention.trace(control, [np.array([[2.0], [1.0]], "f4")])
+    data = np.zeros((2, 5), "f4")
+    _, _, trace = attention(control, [np.array([[2.0], [1.0]], "f4"), data],
+                            traces=True)
     weights = keras.ops.convert_to_numpy(trace["weights"])
     np.testing.assert_allclose(weights.sum(axis=-1), 1.0, atol=ATOL)
     assert weights[0].argmax() == 2  # position 2, no movement

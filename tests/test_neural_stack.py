@@ -5,9 +5,9 @@ import re
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import superloop_cell as sc
+from helpers import value_and_gradients
 from superloop_cell.systems.neural_stack import NeuralStack
 
 ATOL = 1e-5
@@ -78,9 +78,9 @@ def run(stack, controls, states=None):
         states = stack.get_initial_state(controls.shape[1])
     reads, traces = [], []
     for control in controls:
+        read, states, trace = stack(control, states, traces=True)
         traces.append({k: keras.ops.convert_to_numpy(t)
-                       for k, t in stack.trace(control, states).items()})
-        read, states = stack(control, states)
+                       for k, t in trace.items()})
         reads.append(keras.ops.convert_to_numpy(read))
     return np.stack(reads), traces, states
 
@@ -100,8 +100,7 @@ def test_matches_numpy_step_by_step(width, capacity):
     states = stack.get_initial_state(batch)
     for _ in range(2 * capacity + 5):  # well past capacity: slots are dropped
         control = rng.normal(0, 2, (batch, width + 2)).astype("f4")
-        trace = stack.trace(control, states)
-        read, states = stack(control, states)
+        read, states, trace = stack(control, states, traces=True)
         read_ref, strengths_ref, weights_ref = reference.step(control)
         np.testing.assert_allclose(read, read_ref, atol=ATOL)
         np.testing.assert_allclose(states[0], strengths_ref, atol=ATOL)
@@ -122,7 +121,7 @@ def test_matches_numpy_step_by_step(width, capacity):
 def test_trace_shapes():
     stack = NeuralStack(3, 5)
     control = np.zeros((2, 5), "f4")
-    trace = stack.trace(control, stack.get_initial_state(2))
+    _, _, trace = stack(control, stack.get_initial_state(2), traces=True)
     assert {k: tuple(v.shape) for k, v in trace.items()} == {
         "push": (2, 1), "pop": (2, 1), "strengths": (2, 5),
         "read_weights": (2, 5)}
@@ -217,19 +216,17 @@ def _loss(stack, controls, projection):
     total = 0.0
     for t in range(controls.shape[0]):
         read, states = stack(controls[t], states)
-        total += tf.reduce_sum(read * projection[t])
-    return total + tf.reduce_sum(states[0] * projection[0, :, :1])
+        total += keras.ops.sum(read * projection[t])
+    return total + keras.ops.sum(states[0] * projection[0, :, :1])
 
 
 def test_gradient_matches_finite_differences():
     stack = NeuralStack(2, 3, dtype="float64")
     rng = np.random.default_rng(7)
     controls = rng.normal(0, 1.5, (5, 2, 4))  # 5 steps > capacity 3
-    projection = tf.constant(rng.normal(size=(5, 2, 2)))
-    variable = tf.Variable(controls)
-    with tf.GradientTape() as tape:
-        loss = _loss(stack, variable, projection)
-    analytic = tape.gradient(loss, variable).numpy()
+    projection = rng.normal(size=(5, 2, 2))
+    _, _, (analytic,) = value_and_gradients(
+        lambda c: _loss(stack, c, projection), inputs=[controls])
     assert np.any(np.abs(analytic) > 1e-3)
     eps = 1e-6
     numeric = np.zeros_like(controls)
@@ -238,8 +235,8 @@ def test_gradient_matches_finite_differences():
         plus[index] += eps
         minus[index] -= eps
         numeric[index] = (
-            float(_loss(stack, tf.constant(plus), projection))
-            - float(_loss(stack, tf.constant(minus), projection))
+            float(_loss(stack, plus, projection))
+            - float(_loss(stack, minus, projection))
         ) / (2 * eps)
     np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7)
 
@@ -248,22 +245,28 @@ def test_no_nan_or_inf_at_saturated_strengths():
     stack = NeuralStack(3, 4)
     rng = np.random.default_rng(8)
     signs = rng.choice([-1.0, 1.0], (9, 4, 5))
-    variable = tf.Variable((1e4 * signs).astype("f4"))
-    projection = tf.constant(rng.normal(size=(9, 4, 3)).astype("f4"))
-    with tf.GradientTape() as tape:
+    controls = (1e4 * signs).astype("f4")
+    projection = rng.normal(size=(9, 4, 3)).astype("f4")
+    final = {}
+
+    def loss(controls):
         states = stack.get_initial_state(4)
-        loss = 0.0
+        total = 0.0
         reads = []
         for t in range(9):
-            trace = stack.trace(variable[t], states)
-            read, states = stack(variable[t], states)
+            read, states, trace = stack(controls[t], states, traces=True)
             reads.append(read)
-            loss += tf.reduce_sum(read * projection[t])
-            loss += tf.reduce_sum(trace["read_weights"])
-    gradient = tape.gradient(loss, variable)
-    assert np.all(np.isfinite(np.stack(reads)))
+            total += keras.ops.sum(read * projection[t])
+            total += keras.ops.sum(trace["read_weights"])
+        final["reads"], final["states"] = reads, states
+        return total
+
+    loss(controls)
+    _, _, (gradient,) = value_and_gradients(loss, inputs=[controls])
+    states = final["states"]
+    assert np.all(np.isfinite(np.stack(final["reads"])))
     assert np.all(np.isfinite(states[0])) and np.all(np.isfinite(states[1]))
-    assert np.all(np.isfinite(gradient.numpy()))
+    assert np.all(np.isfinite(gradient))
     strengths = keras.ops.convert_to_numpy(states[0])
     assert set(np.unique(strengths)) <= {0.0, 1.0}  # really saturated
 

@@ -1,15 +1,16 @@
 """SuperloopCell: wiring against NumPy, fused vs unfused, loop vs unroll,
 masking, variable length, gradients, saving, training."""
 
+import contextlib
+
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import superloop_cell as sc
 from superloop_cell.cells import sgu_run
-from helpers import (copy_weights_unfused_to_fused, randomize, rnn_model,
-                     sgu_layers)
+from helpers import (TENSORFLOW, randomize, rnn_model, sgu_layers,
+                     value_and_gradients)
 from reference import superloop_run
 
 ATOL = 1e-5
@@ -68,54 +69,70 @@ def test_fused_equals_unfused_outputs_states_and_gradients(
         [sc.SGUCell(5) for _ in range(depth)], [sc.RegisterMemory(2, 3)],
         fused=fused)
     unfused, fused = make(False), make(True)
-    assert len(fused.fused_stacks) == 1
-    assert fused.fused_stacks[0].depth == depth - 1
-    assert not unfused.fused_stacks
+    assert fused.fused_runs == 1 and unfused.fused_runs == 0
     m_unfused = rnn_model(unfused, 2, return_sequences=True,
                           return_state=True)
     m_fused = rnn_model(fused, 2, return_sequences=True, return_state=True)
     randomize(unfused, seed=3)
-    copy_weights_unfused_to_fused(unfused, fused)
-    x = tf.constant(np.random.default_rng(0).normal(size=(3, 7, 2)), "float32")
+    # One weight layout whatever `fused` says.
+    m_fused.set_weights(m_unfused.get_weights())
+    x = np.random.default_rng(0).normal(size=(3, 7, 2)).astype("float32")
 
     def run(model, cell):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
+        def loss(x):
             out = model(x)
             # Through the outputs and every final state (a sum over all
             # state values does not depend on the state layout).
-            loss = tf.reduce_sum(tf.sin(out[0])) + tf.add_n(
-                [tf.reduce_sum(tf.cos(s)) for s in out[1:]])
-        weights = cell.trainable_weights
-        return out, tape.gradient(loss, [x] + weights)
+            return keras.ops.sum(keras.ops.sin(out[0])) + sum(
+                keras.ops.sum(keras.ops.cos(s)) for s in out[1:])
 
-    a, grads_a = run(m_unfused, unfused)
-    b, grads_b = run(m_fused, fused)
+        _, d_weights, (d_x,) = value_and_gradients(
+            loss, cell.trainable_weights, [x])
+        return model(x), d_x, d_weights
+
+    a, d_x_a, grads_a = run(m_unfused, unfused)
+    b, d_x_b, grads_b = run(m_fused, fused)
     np.testing.assert_allclose(a[0], b[0], atol=ATOL)
     # States: the fused run's one state is the unfused per-layer states.
     run_states = keras.ops.convert_to_numpy(
-        fused.split_states(b[1:])["stages"][1][0])
+        fused.split_states(b[1:]).stages[1][0])
     per_layer = [keras.ops.convert_to_numpy(s[0]) for s in
-                 unfused.split_states(a[1:])["stages"][1:]]
+                 unfused.split_states(a[1:]).stages[1:]]
     np.testing.assert_allclose(run_states, np.concatenate(per_layer, -1),
                                atol=ATOL)
-    # Gradients: input; then cells[0], the run (stacked), control weights.
-    np.testing.assert_allclose(grads_a[0], grads_b[0], atol=ATOL)
-    by_name_a = dict(zip([w.path for w in unfused.trainable_weights],
-                         grads_a[1:]))
-    by_name_b = dict(zip([w.path for w in fused.trainable_weights],
-                         grads_b[1:]))
-    layers_a = [c for c in unfused.cells[1:]]
-    for kind in ("kernel", "recurrent_kernel", "bias"):
-        stacked_a = np.stack([by_name_a[getattr(c, kind).path]
-                              for c in layers_a])
-        stacked_b = by_name_b[getattr(fused.fused_stacks[0], kind).path]
-        np.testing.assert_allclose(stacked_a, stacked_b, atol=ATOL,
-                                   err_msg=kind)
-    for kind in ("control_kernel", "control_bias"):
-        np.testing.assert_allclose(by_name_a[getattr(unfused, kind).path],
-                                   by_name_b[getattr(fused, kind).path],
-                                   atol=ATOL)
+    np.testing.assert_allclose(d_x_a, d_x_b, atol=ATOL)
+    assert [tuple(w.shape) for w in unfused.trainable_weights] == [
+        tuple(w.shape) for w in fused.trainable_weights]
+    for w, ga, gb in zip(unfused.trainable_weights, grads_a, grads_b):
+        np.testing.assert_allclose(ga, gb, atol=ATOL, err_msg=w.path)
+
+
+@pytest.mark.parametrize("depth", [2, 15, 16, 32])
+def test_weights_and_checkpoints_do_not_depend_on_fused(tmp_path, depth):
+    models = {}
+    for fused in (True, False, "auto"):
+        keras.backend.clear_session()  # the same layer names in each model
+        cell = sc.SuperloopCell([sc.SGUCell(3) for _ in range(depth)],
+                                [sc.RegisterMemory(2, 2)], fused=fused)
+        models[fused] = rnn_model(cell, 2, return_sequences=True)
+    layouts = {f: [(w.path, tuple(w.shape)) for w in m.weights]
+               for f, m in models.items()}
+    assert layouts[True] == layouts[False] == layouts["auto"]
+    assert len(layouts[True]) == 3 * depth + 2
+    for cell in (m.layers[-1].cell for m in models.values()):
+        assert all(c.built and len(c.weights) == 3 for c in cell.cells)
+    randomize(models[True], seed=depth)
+    x = np.random.default_rng(depth).normal(size=(2, 5, 2)).astype("f4")
+    expected = models[True].predict(x, verbose=0)
+    models[True].save_weights(tmp_path / "w.weights.h5")
+    models[True].save(tmp_path / "m.keras")
+    for fused in (False, "auto"):
+        models[fused].load_weights(tmp_path / "w.weights.h5")
+        np.testing.assert_allclose(models[fused].predict(x, verbose=0),
+                                   expected, atol=ATOL)
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected,
+                               atol=ATOL)
 
 
 @pytest.mark.parametrize("fused, depth, runs", [
@@ -125,11 +142,11 @@ def test_which_runs_are_fused(fused, depth, runs):
     # cells[0], i.e. stacks of 16 or more.
     cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(depth)],
                             fused=fused)
-    assert len(cell.fused_stacks) == runs
+    assert cell.fused_runs == runs
     assert sc.SuperloopCell([sc.SGUCell(4)]).fused == "auto"
     restored = sc.SuperloopCell.from_config(cell.get_config())
     assert restored.fused == fused
-    assert len(restored.fused_stacks) == runs
+    assert restored.fused_runs == runs
 
 
 def test_mixed_cells_fall_back_and_match_step_by_step():
@@ -141,8 +158,9 @@ def test_mixed_cells_fall_back_and_match_step_by_step():
     kinds = [type(s).__name__ for s in cell._stages]
     assert kinds == ["CellStage", "SGURunStage", "CellStage", "CellStage",
                      "SGURunStage", "CellStage"]
-    # LSTM has two states; every state is in the flat layout.
-    assert cell.state_size == [2, 4, 8, 4, 5, 5, 10, 3, 4]
+    # The previous output and the feedback first; LSTM has two states;
+    # every state is in the flat layout.
+    assert cell.state_size == [3, 2, 4, 8, 4, 5, 5, 10, 3, 4]
     layer = keras.layers.RNN(cell, return_sequences=True)
     x = np.random.default_rng(1).normal(size=(2, 5, 3)).astype("f4")
     out = keras.ops.convert_to_numpy(layer(x))
@@ -166,13 +184,13 @@ def test_unroll_and_loop_give_same_outputs_and_gradients(monkeypatch, fused,
                          unroll=True)
     randomize(m_loop, seed=4)
     m_unroll.set_weights(m_loop.get_weights())
-    x = tf.constant(np.random.default_rng(2).normal(size=(2, 6, 2)), "float32")
+    x = np.random.default_rng(2).normal(size=(2, 6, 2)).astype("float32")
 
     def outputs_and_grads(model):
-        with tf.GradientTape() as tape:
-            out = model(x)
-            loss = tf.reduce_sum(tf.sin(out))
-        return out, tape.gradient(loss, model.trainable_weights)
+        _, grads, _ = value_and_gradients(
+            lambda: keras.ops.sum(keras.ops.sin(model(x))),
+            model.trainable_weights)
+        return model(x), grads
 
     out_a, grads_a = outputs_and_grads(m_loop)
     out_b, grads_b = outputs_and_grads(m_unroll)
@@ -182,7 +200,7 @@ def test_unroll_and_loop_give_same_outputs_and_gradients(monkeypatch, fused,
         np.testing.assert_allclose(ga, gb, atol=ATOL)
 
 
-def _padded_batch_equals_each_alone(model, with_context):
+def _padded_batch_equals_each_alone(model, with_context, sequences):
     rng = np.random.default_rng(7)
     lengths = [7, 3, 5]
     seqs = [rng.normal(size=(n, 2)).astype("f4") + 3.0 for n in lengths]
@@ -194,27 +212,38 @@ def _padded_batch_equals_each_alone(model, with_context):
     batch_out = model.predict(inputs(padded, ctx), verbose=0)
     for i, s in enumerate(seqs):
         alone = model.predict(inputs(s[None], ctx[i : i + 1]), verbose=0)
-        np.testing.assert_allclose(batch_out[0][i, : len(s)], alone[0][0],
-                                   atol=ATOL)
+        if sequences:
+            got, want = batch_out[0][i, : len(s)], alone[0][0]
+        else:
+            got, want = batch_out[0][i], alone[0][0]
+        np.testing.assert_allclose(got, want, atol=ATOL)
+        assert len(batch_out) == len(alone) > 2  # output and the states
         for b_state, a_state in zip(batch_out[1:], alone[1:]):
             np.testing.assert_allclose(b_state[i], a_state[0], atol=ATOL)
 
 
-def test_masking_layer_padding_equals_each_sequence_alone(monkeypatch):
-    # 7 SGU layers: the fused run of 6 takes the looped path.
+@pytest.mark.parametrize("sequences", [True, False])
+@pytest.mark.parametrize("cells", ["sgu_looped", "mixed"])
+def test_masking_layer_padding_equals_each_sequence_alone(
+        monkeypatch, sequences, cells):
+    # 7 SGU layers: the fused run of 6 takes the looped path. "mixed": a
+    # GRU and an LSTM cell of other widths.
     _loop_runs_deeper_than_4(monkeypatch)
-    cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(7)],
-                            [sc.RegisterMemory(2, 3)], fused=True)
+    stack = ([sc.SGUCell(4) for _ in range(7)] if cells == "sgu_looped" else
+             [keras.layers.GRUCell(5), keras.layers.LSTMCell(3)])
+    cell = sc.SuperloopCell(stack, [sc.RegisterMemory(2, 3),
+                                    sc.NeuralStack(2, 3)], fused=True)
     seq = keras.Input((None, 2))
     masked = keras.layers.Masking(0.0)(seq)
-    outputs = keras.layers.RNN(cell, return_sequences=True,
+    outputs = keras.layers.RNN(cell, return_sequences=sequences,
                                return_state=True)(masked)
     model = keras.Model(seq, outputs)
     randomize(cell, seed=6)
-    _padded_batch_equals_each_alone(model, with_context=False)
+    _padded_batch_equals_each_alone(model, False, sequences)
 
 
-def test_explicit_mask_with_context_equals_each_sequence_alone():
+@pytest.mark.parametrize("sequences", [True, False])
+def test_explicit_mask_with_context_equals_each_sequence_alone(sequences):
     # With `initial_state`, Keras drops a Masking layer's mask: pass `mask=`.
     cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(3)],
                             [sc.RegisterMemory(2, 3), sc.Attention(4, 1)],
@@ -222,12 +251,12 @@ def test_explicit_mask_with_context_equals_each_sequence_alone():
     seq = keras.Input((None, 2))
     data = keras.Input((4, 1))
     states = sc.initial_state(cell, seq, data)
-    outputs = keras.layers.RNN(cell, return_sequences=True,
+    outputs = keras.layers.RNN(cell, return_sequences=sequences,
                                return_state=True)(
         seq, initial_state=states, mask=sc.StepMask(0.0)(seq))
     model = keras.Model([seq, data], outputs)
     randomize(cell, seed=6)
-    _padded_batch_equals_each_alone(model, with_context=True)
+    _padded_batch_equals_each_alone(model, True, sequences)
 
 
 def test_one_model_runs_short_and_long_sequences_without_rebuild():
@@ -267,44 +296,59 @@ def test_no_external_input_only_length_matters():
     np.testing.assert_allclose(p10, sys_states[0], atol=ATOL)
 
 
-def test_gradients_match_finite_differences():
+@contextlib.contextmanager
+def _float64():
+    """Keras' floatx float64 (and JAX's 64-bit mode on JAX)."""
     keras.config.set_floatx("float64")
+    if not TENSORFLOW:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
     try:
+        yield
+    finally:
+        keras.config.set_floatx("float32")
+        if not TENSORFLOW:
+            jax.config.update("jax_enable_x64", False)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_gradients_match_finite_differences(fused):
+    with _float64():
         cell = sc.SuperloopCell([sc.SGUCell(3), sc.SGUCell(3), sc.SGUCell(3)],
                                 [sc.RegisterMemory(2, 2), sc.Attention(3, 1)],
-                                fused=True)
+                                fused=fused)
         model = _attention_model(cell, 4, 2, 3, 1, return_sequences=True)
         randomize(cell, seed=8)
         rng = np.random.default_rng(9)
-        x = tf.constant(rng.normal(size=(2, 4, 2)))
-        d = tf.constant(rng.normal(size=(2, 3, 1)))
+        x = rng.normal(size=(2, 4, 2))
+        d = rng.normal(size=(2, 3, 1))
+        projection = rng.normal(size=(2, 4, 3))
 
         def loss():
-            return tf.reduce_sum(tf.sin(model([x, d])))
+            # No `ops.sin` here: on JAX it computes in float32.
+            out = model([x, d])
+            return keras.ops.sum(out * projection + keras.ops.square(out))
 
-        with tf.GradientTape() as tape:
-            value = loss()
-        grads = tape.gradient(value, cell.trainable_weights)
+        _, grads, _ = value_and_gradients(loss, cell.trainable_weights)
         eps = 1e-6
         for w, g in zip(cell.trainable_weights, grads):
-            flat = w.numpy().reshape(-1)
+            flat = keras.ops.convert_to_numpy(w).reshape(-1).copy()
             for idx in rng.choice(flat.size, size=min(4, flat.size),
                                   replace=False):
                 orig = flat[idx]
                 flat[idx] = orig + eps
                 w.assign(flat.reshape(w.shape))
-                up = loss().numpy()
+                up = float(loss())
                 flat[idx] = orig - eps
                 w.assign(flat.reshape(w.shape))
-                down = loss().numpy()
+                down = float(loss())
                 flat[idx] = orig
                 w.assign(flat.reshape(w.shape))
                 numeric = (up - down) / (2 * eps)
-                analytic = g.numpy().reshape(-1)[idx]
+                analytic = g.reshape(-1)[idx]
                 np.testing.assert_allclose(analytic, numeric, rtol=1e-5,
                                            atol=1e-7, err_msg=w.path)
-    finally:
-        keras.config.set_floatx("float32")
 
 
 @pytest.mark.parametrize("case", ["zeros", "plus_1e4", "minus_1e4", "long"])
@@ -315,18 +359,11 @@ def test_no_nan_or_inf(case):
                             fused=True)
     model = _attention_model(cell, None, 2, 4, 2, return_sequences=True)
     value = {"zeros": 0.0, "plus_1e4": 1e4, "minus_1e4": -1e4}.get(case, 1.0)
-    x = tf.constant(np.full((2, steps, 2), value, "float32"))
-    d = tf.constant(np.full((2, 4, 2), value if case != "long" else 0.5,
-                            "float32"))
-
-    @tf.function
-    def outputs_and_grads():
-        with tf.GradientTape() as tape:
-            out = model([x, d])
-            loss = tf.reduce_sum(out)
-        return out, tape.gradient(loss, model.trainable_weights)
-
-    out, grads = outputs_and_grads()
+    x = np.full((2, steps, 2), value, "float32")
+    d = np.full((2, 4, 2), value if case != "long" else 0.5, "float32")
+    out = model.predict([x, d], verbose=0)
+    _, grads, _ = value_and_gradients(
+        lambda: keras.ops.sum(model([x, d])), model.trainable_weights)
     assert np.all(np.isfinite(out))
     for g in grads:
         assert np.all(np.isfinite(g))
@@ -370,7 +407,10 @@ def test_config_round_trip():
     assert again.get_config() == config
 
 
-@pytest.mark.parametrize("jit_compile", [False, True])
+# JAX always compiles the step (`jit_compile=False` there runs it op by op,
+# a debugging mode many times slower); TensorFlow runs it either way.
+@pytest.mark.parametrize("jit_compile", [False, True] if TENSORFLOW
+                         else [True])
 def test_fit_lowers_loss_on_a_learnable_task(jit_compile):
     # Running sum of the input: needs memory across steps.
     rng = np.random.default_rng(12)

@@ -24,9 +24,10 @@ import keras
 import numpy as np
 import pytest
 
-if keras.backend.backend() != "tensorflow":
-    pytest.skip("superloop_cell.tensorboard needs the TensorFlow backend",
-                allow_module_level=True)
+from helpers import tensorflow_only  # noqa: E402
+
+# superloop_cell.tensorboard reads TensorFlow graphs and profiles.
+pytestmark = tensorflow_only
 
 import tensorflow as tf  # noqa: E402
 from tensorboard.backend.event_processing import (  # noqa: E402

@@ -1,5 +1,5 @@
-"""Recurrent cells for the stack inside a superloop."""
+"""Recurrent cells of the superloop stack, and their fused fast path."""
 
-from superloop_cell.cells.sgu import SGUCell, sgu_update
+from superloop_cell.cells.sgu import SGUCell, sgu_step
 
-__all__ = ["SGUCell", "sgu_update"]
+__all__ = ["SGUCell", "sgu_step"]

@@ -19,33 +19,28 @@ from superloop_cell import _validation
 CANDIDATE_NEGATIVE_SLOPE = 0.1
 
 
-def sgu_update(z, h, recurrent_kernel):
-    """The SGU step after the input projection.
+def sgu_step(gate_preactivation, candidate_preactivation, h):
+    """The SGU step from its pre-activations: the one copy of its maths.
+
+    `SGUCell`, the fused run of `cells/sgu_run.py` and the gate traces all
+    call this function.
 
     Args:
-        z: `x · kernel + bias`, shape `(batch, 2·units)`.
+        gate_preactivation: `a = z[:, :units] + h · recurrent_kernel`,
+            shape `(batch, units)`.
+        candidate_preactivation: `z[:, units:]`, shape `(batch, units)`.
         h: the previous state, shape `(batch, units)`.
-        recurrent_kernel: shape `(units, units)`.
 
     Returns:
-        The new state `h'`, shape `(batch, units)`; also the cell's output.
+        `(h', s, c)`, each `(batch, units)`: the new state (also the
+        output), `s = 1 − f = (1 − softsign(a)) / 2` and the candidate
+        `c = leaky_relu(z[:, units:], 0.1)`, so that `h' = h + s · (c − h)`.
     """
-    # A split, not two slices: its gradient is one concatenation, a slice's
-    # a zero-filled tensor of z's size.
-    z_gate, z_candidate = ops.split(z, 2, axis=-1)
-    gate = ops.softsign(z_gate + ops.matmul(h, recurrent_kernel))
-    # (1 − f)·c + f·h with f = (gate + 1)/2, written as h + (1 − f)·(c − h).
-    candidate = ops.leaky_relu(
-        z_candidate, negative_slope=CANDIDATE_NEGATIVE_SLOPE
+    s = 0.5 - 0.5 * ops.softsign(gate_preactivation)
+    c = ops.leaky_relu(
+        candidate_preactivation, negative_slope=CANDIDATE_NEGATIVE_SLOPE
     )
-    return h + 0.5 * (1.0 - gate) * (candidate - h)
-
-
-def sgu_forget_gate(z, h, recurrent_kernel):
-    """The gate `f` in [0, 1] of one step, shape `(batch, units)`."""
-    z_gate, _ = ops.split(z, 2, axis=-1)
-    gate = ops.softsign(z_gate + ops.matmul(h, recurrent_kernel))
-    return 0.5 * (gate + 1.0)
+    return h + s * (c - h), s, c
 
 
 @keras.saving.register_keras_serializable(package="superloop_cell")
@@ -119,10 +114,21 @@ class SGUCell(keras.layers.Layer):
         )
 
     def call(self, inputs, states, training=False):
+        h_new, _ = self.step(inputs, states)
+        return h_new, [h_new]
+
+    def step(self, inputs, states):
+        """One step that also returns the gate: `(h', f)`, each
+        `(batch, units)`; `call` returns `(h', [h'])`."""
         h = states[0] if isinstance(states, (list, tuple)) else states
         z = ops.matmul(inputs, self.kernel) + self.bias
-        h_new = sgu_update(z, h, self.recurrent_kernel)
-        return h_new, [h_new]
+        # A split, not two slices: its gradient is one concatenation, a
+        # slice's a zero-filled tensor of z's size.
+        z_gate, z_candidate = ops.split(z, 2, axis=-1)
+        h_new, s, _ = sgu_step(
+            z_gate + ops.matmul(h, self.recurrent_kernel), z_candidate, h
+        )
+        return h_new, 1.0 - s
 
     def get_initial_state(self, batch_size=None):
         return [ops.zeros((batch_size, self.units), dtype=self.compute_dtype)]

@@ -56,19 +56,17 @@ saves a pass over the batched tensors.
 from keras import ops
 
 from superloop_cell import _loops
-from superloop_cell.cells.sgu import CANDIDATE_NEGATIVE_SLOPE
+from superloop_cell.cells.sgu import CANDIDATE_NEGATIVE_SLOPE, sgu_step
 
 # Runs up to this deep walk their chain written out layer by layer; deeper
 # ones loop over groups of LAYERS_PER_ITERATION layers (written out inside
-# the loop body) plus a written-out tail of `depth % group` layers. On a
-# 2-core CPU a loop over a 31-layer run cost 20–30 % more per training step
-# than the written-out run, for a first step about 2.5 s shorter
-# (benchmarks/RESULTS.md).
+# the loop body) plus a written-out tail of `depth % group` layers: a
+# written-out chain steps faster, a looped one builds (and compiles) faster.
 UNROLL_UP_TO = 32
 LAYERS_PER_ITERATION = 8
 
 
-def sgu_run(x, states, kernel, recurrent_kernel, bias):
+def sgu_run(x, states, kernel, recurrent_kernel, bias, with_gates=False):
     """One step of `depth` stacked SGU layers of `units` each.
 
     Args:
@@ -77,13 +75,22 @@ def sgu_run(x, states, kernel, recurrent_kernel, bias):
         kernel: `(depth, units, 2·units)`.
         recurrent_kernel: `(depth, units, units)`.
         bias: `(depth, 2·units)`.
+        with_gates: Whether to return every layer's gate `f` too (the
+            values the forward pass computed; gradients flow through them).
 
     Returns:
         `(y, new_states)`: the last layer's new `h`, `(batch, units)` (the
         run's output), and every layer's new `h`, `(batch, depth·units)`.
         Both are returned so that the output needs no slice of the states,
         whose gradient would be a zero-filled tensor of the states' size.
+        With `with_gates`, `(y, new_states, f)`, `f` of shape
+        `(depth, batch, units)`.
     """
+    if with_gates:
+        y, new_states, s = _sgu_run_with_gates(
+            x, states, kernel, recurrent_kernel, bias
+        )
+        return y, new_states, 1.0 - s
     return _sgu_run(x, states, kernel, recurrent_kernel, bias)
 
 
@@ -112,26 +119,27 @@ def _forward_chain(x, hs, ks, addends):
     for h, k, addend in zip(hs, ks, addends):
         z = ops.matmul(x, k) + addend
         a, z_c = ops.split(z, 2, axis=-1)
-        s = 0.5 - 0.5 * ops.softsign(a)
-        c = ops.leaky_relu(z_c, negative_slope=CANDIDATE_NEGATIVE_SLOPE)
-        x = h + s * (c - h)
+        x, s, c = sgu_step(a, z_c, h)
         outs.append(x)
         gates.append(s)
         candidates.append(c)
     return outs, gates, candidates
 
 
-def _backward_chain(d_x, ups, ks, local_derivatives):
+def _backward_chain(d_x, ups, ks, local_derivatives, offsets=None):
     """The sequential part of the backward pass, last layer first.
 
     `d_x` is the gradient reaching the last layer's output from above (None
-    for none); returns the gradient at the first layer's input and the lists
-    of δ (the gradient at each layer's output) and of `∂z`, in layer
-    order."""
+    for none); `offsets`, when given, is added to each layer's `∂z` (the
+    gradient reaching the gates directly, when they are an output). Returns
+    the gradient at the first layer's input and the lists of δ (the
+    gradient at each layer's output) and of `∂z`, in layer order."""
     deltas, d_zs = [None] * len(ups), [None] * len(ups)
     for l in reversed(range(len(ups))):
         delta = ups[l] if d_x is None else ups[l] + d_x
         d_z = ops.concatenate([delta, delta], axis=-1) * local_derivatives[l]
+        if offsets is not None:
+            d_z = d_z + offsets[l]
         # A product with a transposed operand as an einsum: no copy of Kᵀ.
         d_x = ops.einsum("bj,ij->bi", d_z, ks[l])
         deltas[l], d_zs[l] = delta, d_z
@@ -219,21 +227,22 @@ def _joined(tensors, axis):
     return tensors[0] if len(tensors) == 1 else ops.concatenate(tensors, axis)
 
 
-def _walk_backward(d_y, ups, kernel, local_derivatives):
+def _walk_backward(d_y, ups, kernel, local_derivatives, offsets=None):
     """The backward chain over all layers: `(∂x, δ, ∂z)`, δ and ∂z stacked
     along the layer axis, `(depth, batch, units)` and `(depth, batch,
     2·units)`. `d_y` is the gradient at the run's output, `ups` those at
-    the new states."""
+    the new states, `offsets` (optional) what reaches each `∂z` directly."""
     depth = kernel.shape[0]
     n_groups, group = _split_depth(depth)
     looped = n_groups * group
+    per_layer = (ups, kernel, local_derivatives)
+    if offsets is not None:
+        per_layer += (offsets,)
     d_x, deltas, d_zs = d_y, [], []
     if looped < depth:
         tail = depth - looped
         d_x, tail_deltas, tail_d_zs = _backward_chain(
-            d_x,
-            *(ops.unstack(t[looped:], tail)
-              for t in (ups, kernel, local_derivatives)),
+            d_x, *(ops.unstack(t[looped:], tail) for t in per_layer)
         )
         deltas.append(ops.stack(tail_deltas))
         d_zs.append(ops.stack(tail_d_zs))
@@ -250,8 +259,7 @@ def _walk_backward(d_y, ups, kernel, local_derivatives):
         d_x, grouped = _loops.scan(
             step,
             d_x,
-            tuple(_grouped(t[:looped], n_groups, group)
-                  for t in (ups, kernel, local_derivatives)),
+            tuple(_grouped(t[:looped], n_groups, group) for t in per_layer),
             n_groups,
             reverse=True,
         )
@@ -260,8 +268,9 @@ def _walk_backward(d_y, ups, kernel, local_derivatives):
     return d_x, _joined(deltas, axis=0), _joined(d_zs, axis=0)
 
 
-@ops.custom_gradient
-def _sgu_run(x, states, kernel, recurrent_kernel, bias):
+def _run(x, states, kernel, recurrent_kernel, bias):
+    """The forward pass, and its gradient as a function of the upstream
+    gradients `(∂y, ∂states, ∂s or None)`."""
     depth, units = kernel.shape[0], kernel.shape[1]
     hs = _by_layer(states, depth, units)
     # [R | 0]: the recurrent product lands on the gate half of z, so one
@@ -276,11 +285,7 @@ def _sgu_run(x, states, kernel, recurrent_kernel, bias):
         x, hs, kernel, addends
     )
 
-    def grad(*args, upstream=None):
-        # TensorFlow passes one gradient per output, JAX one tuple.
-        if upstream is None:
-            upstream = args if len(args) == 2 else args[0]
-        d_y, d_states = upstream
+    def grad(d_y, d_states, d_gates=None):
         # Local derivatives of every layer at once, from the saved s and c,
         # with m's factor 2 moved onto the (small) weights: the chain's ∂z'
         # is ∂z / [2, …, 2, 1, …, 1] (`scale`).
@@ -291,6 +296,12 @@ def _sgu_run(x, states, kernel, recurrent_kernel, bias):
             candidates > 0, gates, CANDIDATE_NEGATIVE_SLOPE * gates
         )
         local_derivatives = ops.concatenate([m, n], axis=-1)
+        offsets = None
+        if d_gates is not None:
+            # ∂s/∂a = −2·q²: with the factor 2 on the weights, −q².
+            offsets = ops.concatenate(
+                [-d_gates * ops.square(q), ops.zeros_like(q)], axis=-1
+            )
         scale = ops.concatenate(
             [ops.full((units,), 2.0, kernel.dtype),
              ops.ones((units,), kernel.dtype)]
@@ -300,6 +311,7 @@ def _sgu_run(x, states, kernel, recurrent_kernel, bias):
             _by_layer(d_states, depth, units),
             kernel * scale,
             local_derivatives,
+            offsets,
         )
 
         # Everything that can wait for the whole chain, all layers at once;
@@ -312,4 +324,31 @@ def _sgu_run(x, states, kernel, recurrent_kernel, bias):
         )
         return d_x, _flat(d_hs), d_kernel, d_recurrent, d_bias
 
-    return (y, new_states), grad
+    return (y, new_states, gates), grad
+
+
+def _upstream(args, upstream, count):
+    # TensorFlow passes one gradient per output, JAX one tuple.
+    if upstream is None:
+        upstream = args if len(args) == count else args[0]
+    return tuple(upstream)
+
+
+@ops.custom_gradient
+def _sgu_run(x, states, kernel, recurrent_kernel, bias):
+    (y, new_states, _), grad = _run(x, states, kernel, recurrent_kernel, bias)
+
+    def run_grad(*args, upstream=None):
+        return grad(*_upstream(args, upstream, 2))
+
+    return (y, new_states), run_grad
+
+
+@ops.custom_gradient
+def _sgu_run_with_gates(x, states, kernel, recurrent_kernel, bias):
+    outputs, grad = _run(x, states, kernel, recurrent_kernel, bias)
+
+    def run_grad(*args, upstream=None):
+        return grad(*_upstream(args, upstream, 3))
+
+    return outputs, run_grad

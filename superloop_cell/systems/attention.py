@@ -49,8 +49,7 @@ class Attention(ExternalSystem):
             gradient is zero where it is clipped). Default False. Beware
             with many steps: the untrained head moves about +0.47 per step,
             so after ~2·positions steps it sits clipped at the last slot
-            and no gradient reaches the control (seen in
-            `examples/find_last_two.py --clip-position`).
+            and no gradient reaches the control.
         read_gradient: Whether the read passes gradients back to the
             position (default True). With False the weights `w_n` are
             computed from a stopped-gradient copy of `p_t`: what the head
@@ -58,9 +57,8 @@ class Attention(ExternalSystem):
             through its own path `p_t = p_{t−1} + softsign(control)` (each
             control moves every later position). With a sharp read the
             gradient through the weights is large near the midpoints
-            between slots and near zero elsewhere; on `find_last_two.py`
-            (gaussian, sharpness 8) it made training erratic, and turning
-            it off made it steady (README, find-last-two).
+            between slots and near zero elsewhere, which can make training
+            erratic with a sharp falloff.
         integer_moves: Whether each move is rounded to a whole number of
             slots, `p_t = p_{t−1} + round(softsign(control))` ∈ {−1, 0, +1},
             with the gradient of the unrounded move (a straight-through
@@ -68,8 +66,7 @@ class Attention(ExternalSystem):
             then always stands on a slot, so with a sharp falloff (e.g.
             `"gaussian"`, sharpness ≥ 3) it reads one slot's value exactly
             instead of a blend of neighbours; a move smaller than half a
-            slot is no move. On `examples/find_last_two.py` it lifted the
-            full task from about 22 % to 37–69 % (README, find-last-two).
+            slot is no move.
         **kwargs: Base `keras.layers.Layer` arguments.
     """
 
@@ -136,16 +133,15 @@ class Attention(ExternalSystem):
             weights = weights / ops.sum(weights, axis=-1, keepdims=True)
         return position, weights
 
-    def call(self, control, states, training=False):
+    def call(self, control, states, training=False, traces=False):
         position, data = states
         position, weights = self._position_and_weights(control, position)
         data3 = ops.reshape(data, (-1, self.positions, self.width))
         output = ops.sum(weights[:, :, None] * data3, axis=1)
+        if traces:
+            return output, [position, data], {"position": position,
+                                              "weights": weights}
         return output, [position, data]
-
-    def trace(self, control, states):
-        position, weights = self._position_and_weights(control, states[0])
-        return {"position": position, "weights": weights}
 
     def get_config(self):
         return {

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from superloop_cell import _random
+
 
 class ExternalSystem(keras.layers.Layer):
     """Base class of the systems a superloop drives: memories, heads, stacks.
@@ -26,20 +28,29 @@ class ExternalSystem(keras.layers.Layer):
     - optionally `control_kernel_initializer` / `control_bias_initializer`:
       initializers for its slice of the superloop's control projection
       (`None` takes the superloop's own).
+    - optionally `trace_sizes` (dict, name → width) and `trace_labels`
+      (dict, name → str): the per-step tensors that show what the system
+      did (weights, positions), and what the entries of a trace wider than
+      1 are (e.g. `"register"`; plots label the heatmap's axis with it,
+      `"slot"` when not given).
+    - optionally `key_state` (int) and `seed`: the index of one of its
+      states of size `KEY_SIZE` (4) that holds a random key for sampling
+      inside the loop (see `_random.py` and `HardAttention`); the key is
+      drawn once per sequence from `seed` when the initial state is made.
 
     and implements `call(control, states, training=False)` returning
     `(output, new_states)`: `control` is `(batch, control_size)`, `states`
-    a list matching `state_size`, `output` is `(batch, output_size)`.
+    a list matching `state_size`, `output` is `(batch, output_size)`. A
+    system with `trace_sizes` also takes `traces=False`, and with
+    `traces=True` returns `(output, new_states, traces)`: a dict of every
+    trace in `trace_sizes`, each `(batch, width)`, made from what the same
+    pass computed. The superloop asks for traces only when some are
+    selected (`SuperloopCell(..., trace=True)`,
+    `superloop_cell.run_with_traces`).
 
-    `trace(control, states)` may return a dict of per-step tensors that show
-    what the system did (weights, positions), each `(batch, width)`, with
-    the widths declared in `trace_sizes` (a dict, name → width); the
-    superloop collects them when traces are asked for
-    (`SuperloopCell(..., trace=True)`, `superloop_cell.run_with_traces`).
-    `trace_labels` (a dict, name → str, optional) says what the entries of
-    a trace wider than 1 are, e.g. `"register"`; plots label the heatmap's
-    axis with it (`superloop_cell.trace_axis_labels`), `"slot"` when not
-    given.
+    `get_initial_state(batch_size)` gives the states at the start of a
+    sequence: zeros, and a fresh key in `key_state`. Override it for other
+    starting values.
 
     Example:
 
@@ -65,22 +76,26 @@ class ExternalSystem(keras.layers.Layer):
     context_shape = None
     trace_sizes = {}
     trace_labels = {}
+    key_state = None
     control_kernel_initializer = None
     control_bias_initializer = None
 
     def get_initial_state(self, batch_size=None):
-        """Zeros for every state, in the compute dtype."""
-        return [
+        """The states at the start of a sequence, in the compute dtype:
+        zeros, and a fresh key in `key_state` (drawn from the system's
+        `key_generator`, a `keras.random.SeedGenerator`)."""
+        states = [
             ops.zeros((batch_size, size), dtype=self.compute_dtype)
             for size in self.state_size
         ]
+        if self.key_state is not None:
+            states[self.key_state] = _random.draw_keys(
+                batch_size, self.key_generator, self.compute_dtype
+            )
+        return states
 
     def call(self, control, states, training=False):
         raise NotImplementedError(
             f"{type(self).__name__} must implement "
             "`call(control, states, training=False)`."
         )
-
-    def trace(self, control, states):
-        """Per-step tensors that show what the system did; none by default."""
-        return {}

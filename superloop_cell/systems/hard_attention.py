@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from superloop_cell import _validation
+from superloop_cell import _random, _validation
 from superloop_cell.systems.base import ExternalSystem
 
 MOVES = (-1.0, 0.0, 1.0)
@@ -30,8 +30,8 @@ class HardAttention(ExternalSystem):
     No gradient flows through the move or the read: the head is trained by
     the score-function (REINFORCE) estimator, from the sum of log-
     probabilities `L` of the moves it made, which depends on the
-    controller's weights. Its states are `[p, L, H, data]`; read the final
-    ones with `keras.layers.RNN(..., return_state=True)` and
+    controller's weights. Its states are `[p, L, H, key, data]`; read the
+    final ones with `keras.layers.RNN(..., return_state=True)` and
     `SuperloopCell.system_states`, and train with
     `superloop_cell.reinforce_loss(reward, L, H)`, where the reward scores
     the final position (see `examples/find_last_two.py`). Because each move
@@ -40,12 +40,14 @@ class HardAttention(ExternalSystem):
     either way, unlike the straight-through gradient of
     `Attention(integer_moves=True)`, which pushes every move alike.
 
-    In training (`training=True`, e.g. under `fit`) the moves are sampled,
-    with the Gumbel-max trick; otherwise (`predict`, `evaluate`) the head
-    takes the most likely move, so answers are deterministic. Sampling uses
-    `keras.random` in the loop's step, which the TensorFlow backend runs;
-    on JAX the head predicts (a model saved under TensorFlow gives the same
-    answers) but training raises `NotImplementedError`.
+    In training (`training=True`, e.g. under `fit`) the moves are sampled
+    with the Gumbel-max trick, `a_t = argmax(log π_t − log(−log u_t))`
+    with `u_t` uniform; otherwise (`predict`, `evaluate`) the head takes
+    the most likely move, so answers are deterministic. The uniform draws
+    come from a per-sequence random key carried as a state (`key`, 4
+    values): `superloop_cell.initial_state` draws fresh keys for every
+    batch from `seed`, and each step hashes and advances the key, the same
+    way on every backend (see `superloop_cell/_random.py`).
 
     Args:
         positions: Positive integer, number of data slots.
@@ -53,7 +55,8 @@ class HardAttention(ExternalSystem):
         forward_bias: Float, the initial logit of the +1 move (the others
             start at 0). Default 2.0: an untrained head steps forward with
             probability 0.79, so it walks over the data.
-        seed: Optional integer seed of the move sampling.
+        seed: Optional integer seed of the keys the moves are sampled
+            from (None: a different walk every run).
         **kwargs: Base `keras.layers.Layer` arguments.
     """
 
@@ -68,7 +71,9 @@ class HardAttention(ExternalSystem):
         self.control_size = len(MOVES)
         self.output_size = self.width
         self.context_shape = (self.positions, self.width)
-        self.state_size = [1, 1, 1, self.positions * self.width]
+        self.state_size = [1, 1, 1, _random.KEY_SIZE,
+                           self.positions * self.width]
+        self.key_state = 3
         self.trace_sizes = {"position": 1, "weights": self.positions,
                             "probabilities": len(MOVES)}
         # The move probabilities' rows are the moves −1, 0, +1.
@@ -80,53 +85,36 @@ class HardAttention(ExternalSystem):
         self.control_bias_initializer = keras.initializers.Constant(
             [0.0, 0.0, self.forward_bias]
         )
-        self._seed_generator = keras.random.SeedGenerator(seed)
+        self.key_generator = keras.random.SeedGenerator(seed)
 
-    def _walk(self, control, position, training):
-        """`(chosen move one-hot, new position, one-hot slot weights)`."""
-        scores = ops.stop_gradient(control)
+    def call(self, control, states, training=False, traces=False):
+        position, log_prob, entropy, key, data = states
+        log_pi = _log_softmax(control)
+        scores = ops.stop_gradient(log_pi)
+        uniform, key = _random.uniform(key, len(MOVES))
         if training:
-            # Gumbel-max: argmax(logits + Gumbel noise) ~ softmax(logits).
-            uniform = keras.random.uniform(
-                ops.shape(control), minval=1e-7, maxval=1.0,
-                seed=self._seed_generator, dtype=control.dtype,
-            )
-            scores = scores - ops.log(-ops.log(uniform))
+            # Gumbel-max: argmax(log π + Gumbel noise) is distributed as π.
+            scores = scores - ops.log(-ops.log(ops.cast(uniform,
+                                                        scores.dtype)))
         chosen = ops.one_hot(ops.argmax(scores, axis=-1), len(MOVES),
                              dtype=control.dtype)
         move = ops.sum(chosen * ops.convert_to_tensor(MOVES, control.dtype),
                        axis=-1, keepdims=True)
         position = ops.clip(position + move, 0.0, float(self.positions - 1))
         weights = ops.one_hot(ops.cast(position[:, 0], "int32"),
-                              self.positions, dtype=control.dtype)
-        return chosen, position, weights
-
-    def call(self, control, states, training=False):
-        if training and keras.backend.backend() == "jax":
-            # `keras.random` with a seed generator cannot run inside the
-            # `lax.scan` of Keras' JAX RNN (its state would leak tracers).
-            raise NotImplementedError(
-                "HardAttention samples its moves in training, which the JAX "
-                "backend cannot do inside the RNN loop; train with the "
-                "TensorFlow backend (a saved model predicts on JAX)."
-            )
-        position, log_prob, entropy, data = states
-        log_pi = _log_softmax(control)
-        chosen, position, weights = self._walk(control, position, training)
+                              self.positions, dtype=data.dtype)
         log_prob = log_prob + ops.sum(chosen * log_pi, axis=-1, keepdims=True)
-        entropy = entropy - ops.sum(
-            ops.exp(log_pi) * log_pi, axis=-1, keepdims=True
-        )
+        probabilities = ops.exp(log_pi)
+        entropy = entropy - ops.sum(probabilities * log_pi, axis=-1,
+                                    keepdims=True)
         data3 = ops.reshape(data, (-1, self.positions, self.width))
-        output = ops.sum(ops.cast(weights, data.dtype)[:, :, None] * data3,
-                         axis=1)
-        return output, [position, log_prob, entropy, data]
-
-    def trace(self, control, states):
-        # The greedy move: traces are taken outside training.
-        _, position, weights = self._walk(control, states[0], training=False)
-        return {"position": position, "weights": weights,
-                "probabilities": ops.exp(_log_softmax(control))}
+        output = ops.sum(weights[:, :, None] * data3, axis=1)
+        new_states = [position, log_prob, entropy, key, data]
+        if traces:
+            return output, new_states, {"position": position,
+                                        "weights": weights,
+                                        "probabilities": probabilities}
+        return output, new_states
 
     def get_config(self):
         return {

@@ -59,7 +59,7 @@ class NeuralStack(ExternalSystem):
     States: `[strengths (K), values (K·width)]`, zeros at the start; the
     values are `V` flattened slot by slot.
 
-    `trace` returns `push` and `pop` (batch, 1), and `strengths` and
+    Traces: `push` and `pop` (batch, 1), and `strengths` and
     `read_weights` (batch, K) after the step.
 
     Args:
@@ -72,6 +72,7 @@ class NeuralStack(ExternalSystem):
         control: `(batch, width + 2)`.
         states: `[strengths (batch, K), values (batch, K·width)]`.
         training: Unused.
+        traces: Whether to return the traces too.
 
     Output shape:
         `(r_t, new_states)`, `r_t` of shape `(batch, width)`.
@@ -121,17 +122,15 @@ class NeuralStack(ExternalSystem):
             "read": read,
         }
 
-    def call(self, control, states, training=False):
+    def call(self, control, states, training=False, traces=False):
         step = self._step(control, states)
         values = ops.reshape(step["values"], (-1, self.capacity * self.width))
-        return step["read"], [step["strengths"], values]
-
-    def trace(self, control, states):
-        step = self._step(control, states)
-        return {
-            name: step[name]
-            for name in ("push", "pop", "strengths", "read_weights")
-        }
+        new_states = [step["strengths"], values]
+        if traces:
+            return step["read"], new_states, {
+                name: step[name] for name in self.trace_sizes
+            }
+        return step["read"], new_states
 
     def get_config(self):
         return {

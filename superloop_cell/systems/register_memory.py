@@ -8,9 +8,8 @@ from superloop_cell.systems.base import ExternalSystem
 
 
 def _softmax(logits):
-    # Written out: TensorFlow's oneDNN softmax kernel took 0.2–3 ms per call
-    # on these tiny tensors inside the loop, 65 % of the loop body's time in
-    # the profile of examples/tensorboard_inspection.py.
+    # Written out: TensorFlow's oneDNN softmax kernel has a large fixed cost
+    # per call on tensors this small, inside the loop.
     e = ops.exp(logits - ops.max(logits, axis=-1, keepdims=True))
     return e / ops.sum(e, axis=-1, keepdims=True)
 
@@ -58,22 +57,20 @@ class RegisterMemory(ExternalSystem):
         store, recall = ops.unstack(weights, 2, axis=1)
         return store, recall, data
 
-    def call(self, control, states, training=False):
+    def call(self, control, states, training=False, traces=False):
         store, recall, data = self._split(control)
         memory = ops.reshape(states[0], (-1, self.depth, self.width))
         # (1 − store)·M + store·data, written as M + store·(data − M).
         memory = memory + ops.expand_dims(store, -1) * (
             ops.expand_dims(data, 1) - memory
         )
-        # Not an einsum: in a profile (TensorFlow, batch 256) its forward
-        # and gradient einsums took 180–390 µs each per step, 48 ms of a
-        # 64-step training step.
+        # A broadcast product and a sum, not an einsum: TensorFlow's einsum
+        # (and its gradient) is several times slower on tensors this small.
         output = ops.sum(ops.expand_dims(recall, -1) * memory, axis=1)
-        return output, [ops.reshape(memory, (-1, self.depth * self.width))]
-
-    def trace(self, control, states):
-        store, recall, _ = self._split(control)
-        return {"store": store, "recall": recall}
+        new_states = [ops.reshape(memory, (-1, self.depth * self.width))]
+        if traces:
+            return output, new_states, {"store": store, "recall": recall}
+        return output, new_states
 
     def get_config(self):
         return {**super().get_config(), "depth": self.depth, "width": self.width}
