@@ -7,6 +7,7 @@ extra input at the next step — all inside one cell, so
 """
 
 from superloop_cell.cells.sgu import SGUCell
+from superloop_cell.data import BucketedSequences
 from superloop_cell.context import StepMask, SuperloopInitialState, initial_state
 from superloop_cell.state_layout import StateLayout, SuperloopState
 from superloop_cell.superloop import SuperloopCell, trace_names
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Attention",
+    "BucketedSequences",
     "ExternalSystem",
     "HardAttention",
     "RegisterMemory",
