@@ -44,6 +44,24 @@ def parse_args(argv=None):
     return args
 
 
+def build_model(optimizer):
+    """The small superloop every process trains, compiled with `optimizer`
+    (built after `keras.utils.set_random_seed`, so every process starts
+    from the same weights)."""
+    import keras
+
+    import superloop_cell as sc
+
+    cell = sc.SuperloopCell([sc.SGUCell(8), sc.SGUCell(8)],
+                            [sc.RegisterMemory(2, 4)])
+    inputs = keras.Input((6, 2))
+    outputs = keras.layers.Dense(1)(keras.layers.RNN(
+        cell, return_sequences=True)(inputs))
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer, "mse")
+    return model
+
+
 def main(argv=None):
     args = parse_args(argv)
     os.environ["KERAS_BACKEND"] = "jax"
@@ -54,8 +72,6 @@ def main(argv=None):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     import keras
     import numpy as np
-
-    import superloop_cell as sc
 
     if args.num_processes > 1:
         keras.distribution.initialize(
@@ -68,13 +84,7 @@ def main(argv=None):
         keras.distribution.set_distribution(keras.distribution.DataParallel(
             devices=devices, auto_shard_dataset=False))
     keras.utils.set_random_seed(0)  # the same initial weights everywhere
-    cell = sc.SuperloopCell([sc.SGUCell(8), sc.SGUCell(8)],
-                            [sc.RegisterMemory(2, 4)])
-    inputs = keras.Input((6, 2))
-    outputs = keras.layers.Dense(1)(keras.layers.RNN(
-        cell, return_sequences=True)(inputs))
-    model = keras.Model(inputs, outputs)
-    model.compile(keras.optimizers.SGD(0.1), "mse")
+    model = build_model(keras.optimizers.SGD(0.1))
     rng = np.random.default_rng(1)
     x = rng.normal(size=(args.steps, args.global_batch, 6, 2)).astype("f4")
     y = np.cumsum(x[..., :1], axis=2) / 3.0

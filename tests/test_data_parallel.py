@@ -91,18 +91,14 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import sys
 import keras, numpy as np
-import superloop_cell as sc
+sys.path.insert(0, "examples")
+from data_parallel import build_model
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 assert strategy.num_replicas_in_sync == 2
 with strategy.scope():
-    cell = sc.SuperloopCell([sc.SGUCell(8), sc.SGUCell(8)],
-                            [sc.RegisterMemory(2, 4)])
-    inputs = keras.Input((6, 2))
-    outputs = keras.layers.Dense(1)(keras.layers.RNN(
-        cell, return_sequences=True)(inputs))
-    model = keras.Model(inputs, outputs)
-    model.compile(keras.optimizers.Adam(0.01), "mse")
+    model = build_model(keras.optimizers.Adam(0.01))
 rng = np.random.default_rng(1)
 x = rng.normal(size=(64, 6, 2)).astype("f4")
 y = np.cumsum(x[..., :1], axis=1) / 3.0
