@@ -91,13 +91,16 @@ class SGURunStage:
                 cell.build((None, self.units))
                 cell.built = True
 
+    def _stacked_weights(self):
+        return [
+            ops.stack([getattr(cell, kind).value for cell in self.cells])
+            for kind in ("kernel", "recurrent_kernel", "bias")
+        ]
+
     def __call__(self, x, states, training=False, with_gates=False):
         """`(y, new_states, gates)`; `gates` has every layer's `f` when
         `with_gates`, else is `[]`."""
-        weights = _loops.loop_invariant(lambda: [
-            ops.stack([getattr(cell, kind).value for cell in self.cells])
-            for kind in ("kernel", "recurrent_kernel", "bias")
-        ])
+        weights = _loops.loop_invariant(self._stacked_weights)
         if not with_gates:
             y, new_states = sgu_run(x, states[0], *weights)
             return y, [new_states], []

