@@ -15,7 +15,10 @@ from superloop_cell.traces import (run_with_traces, trace_axis_labels,
                                    traced_copy)
 from superloop_cell.systems.attention import Attention
 from superloop_cell.systems.base import ExternalSystem
+from superloop_cell.systems.content_memory import ContentMemory
 from superloop_cell.systems.hard_attention import HardAttention, reinforce_loss
+from superloop_cell.systems.neural_deque import NeuralDeQue
+from superloop_cell.systems.neural_queue import NeuralQueue
 from superloop_cell.systems.neural_stack import NeuralStack
 from superloop_cell.systems.register_memory import RegisterMemory
 
@@ -24,8 +27,11 @@ __version__ = "0.1.0"
 __all__ = [
     "Attention",
     "BucketedSequences",
+    "ContentMemory",
     "ExternalSystem",
     "HardAttention",
+    "NeuralDeQue",
+    "NeuralQueue",
     "RegisterMemory",
     "SGUCell",
     "StateLayout",

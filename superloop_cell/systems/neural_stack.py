@@ -4,20 +4,9 @@ import keras
 from keras import ops
 
 from superloop_cell import _validation
+from superloop_cell.systems import _soft_ops
 from superloop_cell.systems.base import ExternalSystem
 
-
-def _strength_above(strengths):
-    """`Σ_{j>i} s[j]` for every slot `i`: (batch, K) → (batch, K).
-
-    An exclusive suffix sum, done as a reversed cumulative sum shifted by one
-    slot rather than `cumsum − s`, so that no cancellation error creeps in.
-    """
-    reversed_cumsum = ops.cumsum(ops.flip(strengths, axis=-1), axis=-1)
-    suffix = ops.flip(reversed_cumsum, axis=-1)
-    return ops.concatenate(
-        [suffix[:, 1:], ops.zeros_like(strengths[:, :1])], axis=-1
-    )
 
 
 @keras.saving.register_keras_serializable(package="superloop_cell")
@@ -103,14 +92,12 @@ class NeuralStack(ExternalSystem):
         strengths, values = states
         values = ops.reshape(values, (-1, self.capacity, self.width))
 
-        popped = ops.relu(
-            strengths - ops.relu(pop - _strength_above(strengths))
-        )
+        popped = _soft_ops.pop(strengths, pop, _soft_ops.strength_above)
         strengths = ops.concatenate([popped[:, 1:], push], axis=-1)
         values = ops.concatenate([values[:, 1:], value[:, None, :]], axis=1)
 
-        read_weights = ops.minimum(
-            strengths, ops.relu(1.0 - _strength_above(strengths))
+        read_weights = _soft_ops.read_weights(
+            strengths, _soft_ops.strength_above
         )
         read = ops.sum(read_weights[:, :, None] * values, axis=1)
         return {

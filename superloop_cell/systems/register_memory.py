@@ -4,14 +4,9 @@ import keras
 from keras import ops
 
 from superloop_cell import _validation
+from superloop_cell.systems._soft_ops import softmax
 from superloop_cell.systems.base import ExternalSystem
 
-
-def _softmax(logits):
-    # Written out: TensorFlow's oneDNN softmax kernel has a large fixed cost
-    # per call on tensors this small, inside the loop.
-    e = ops.exp(logits - ops.max(logits, axis=-1, keepdims=True))
-    return e / ops.sum(e, axis=-1, keepdims=True)
 
 
 @keras.saving.register_keras_serializable(package="superloop_cell")
@@ -53,7 +48,7 @@ class RegisterMemory(ExternalSystem):
         # vectors: slices and `[:, :, None]` indexing would each add a
         # strided slice to the step, and its gradient a zero-filled one.
         logits, data = ops.split(control, [2 * self.depth], axis=-1)
-        weights = _softmax(ops.reshape(logits, (-1, 2, self.depth)))
+        weights = softmax(ops.reshape(logits, (-1, 2, self.depth)))
         store, recall = ops.unstack(weights, 2, axis=1)
         return store, recall, data
 
