@@ -11,8 +11,8 @@ from superloop_cell.data import BucketedSequences
 from superloop_cell.context import StepMask, SuperloopInitialState, initial_state
 from superloop_cell.state_layout import StateLayout, SuperloopState
 from superloop_cell.superloop import SuperloopCell, trace_names
-from superloop_cell.traces import (run_with_traces, trace_axis_labels,
-                                   traced_copy)
+from superloop_cell.traces import (find_superloop_cell, run_with_traces,
+                                   trace_axis_labels, traced_copy)
 from superloop_cell.systems.attention import Attention
 from superloop_cell.systems.base import ExternalSystem
 from superloop_cell.systems.content_memory import ContentMemory
@@ -40,6 +40,7 @@ __all__ = [
     "SuperloopInitialState",
     "SuperloopState",
     "NeuralStack",
+    "find_superloop_cell",
     "initial_state",
     "reinforce_loss",
     "trace_names",

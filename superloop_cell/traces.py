@@ -88,3 +88,31 @@ def trace_axis_labels(cell):
         for name, system in zip(cell.component_names["systems"], cell.systems)
         for key, label in system.trace_labels.items()
     }
+
+
+def find_superloop_cell(model):
+    """The one `SuperloopCell` run by a `keras.layers.RNN` inside `model`.
+
+    Searches `model.layers` and the layers of nested models.
+
+    Raises:
+        ValueError: when there is none, or more than one (then pass the
+            cell explicitly).
+    """
+    found = []
+    pending = [model]
+    while pending:
+        layer = pending.pop()
+        if isinstance(layer, keras.layers.RNN) and isinstance(
+            layer.cell, SuperloopCell
+        ):
+            found.append(layer.cell)
+        pending.extend(getattr(layer, "layers", []) or [])
+    if len(found) != 1:
+        raise ValueError(
+            f"Expected exactly one `keras.layers.RNN` running a SuperloopCell "
+            f"in model `{model.name}`, found {len(found)}"
+            + (f" ({', '.join(c.name for c in found)})" if found else "")
+            + ". Pass the cell explicitly with `cell=`."
+        )
+    return found[0]

@@ -15,13 +15,13 @@ Viewing profiles in TensorBoard needs the profile plugin:
 `pip install "superloop_cell[profile]"` (tensorboard-plugin-profile).
 """
 
-from superloop_cell.tensorboard._scopes import (component_scopes,
-                                                find_superloop_cell)
+from superloop_cell.tensorboard._scopes import component_scopes
 from superloop_cell.tensorboard.graphs import (GraphWriter,
                                                loop_body_functions,
                                                loop_body_ops, read_step_graph)
 from superloop_cell.tensorboard.internals import (TraceImages, colorize,
                                                   heatmap, trace_summaries)
+from superloop_cell.traces import find_superloop_cell
 from superloop_cell.tensorboard.profiles import (OTHER, ProfiledOp,
                                                  ProfileSteps, profile,
                                                  profile_files, read_profile,

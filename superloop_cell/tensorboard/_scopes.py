@@ -9,9 +9,7 @@ are matched with patterns that allow such a suffix on every segment.
 
 import re
 
-import keras
-
-from superloop_cell.superloop import SuperloopCell, check_superloop_cell
+from superloop_cell.superloop import check_superloop_cell
 
 _SUFFIX = r"(?:_\d+)?"
 
@@ -54,32 +52,3 @@ def scope_of(op_name, patterns):
         if pattern.search(op_name):
             return scope
     return None
-
-
-def find_superloop_cell(model):
-    """The one `SuperloopCell` run by a `keras.layers.RNN` inside `model`.
-
-    Searches `model.layers` and the layers of nested models.
-
-    Raises:
-        ValueError: when there is none, or more than one (then pass the
-            cell explicitly).
-    """
-    found = []
-    pending = [model]
-    while pending:
-        layer = pending.pop()
-        if isinstance(layer, keras.layers.RNN) and isinstance(
-            layer.cell, SuperloopCell
-        ):
-            found.append(layer.cell)
-        pending.extend(getattr(layer, "layers", []) or [])
-    if len(found) != 1:
-        raise ValueError(
-            f"Expected exactly one `keras.layers.RNN` running a SuperloopCell "
-            f"in model `{model.name}`, found {len(found)}"
-            + (f" ({', '.join(c.name for c in found)})" if found else "")
-            + ". Pass the cell explicitly with `cell=`."
-        )
-    return found[0]
-

@@ -24,9 +24,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from superloop_cell.tensorboard._scopes import find_superloop_cell
 from superloop_cell.superloop import SuperloopCell
-from superloop_cell.traces import run_with_traces, traced_copy
+from superloop_cell.traces import (find_superloop_cell, run_with_traces,
+                                   traced_copy)
 
 # Viridis at 0, 1/4, 1/2, 3/4 and 1 (matplotlib's anchors, rounded).
 _VIRIDIS = np.array(
