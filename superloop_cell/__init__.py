@@ -11,8 +11,9 @@ from superloop_cell.data import BucketedSequences
 from superloop_cell.context import StepMask, SuperloopInitialState, initial_state
 from superloop_cell.state_layout import StateLayout, SuperloopState
 from superloop_cell.superloop import SuperloopCell, trace_names
-from superloop_cell.traces import (find_superloop_cell, run_with_traces,
-                                   trace_axis_labels, traced_copy)
+from superloop_cell.traces import (find_superloop_cell, group_traces,
+                                   run_with_traces, trace_axis_labels,
+                                   traced_copy)
 from superloop_cell.systems.attention import Attention
 from superloop_cell.systems.base import ExternalSystem
 from superloop_cell.systems.content_memory import ContentMemory
@@ -41,6 +42,7 @@ __all__ = [
     "SuperloopState",
     "NeuralStack",
     "find_superloop_cell",
+    "group_traces",
     "initial_state",
     "reinforce_loss",
     "trace_names",

@@ -6,13 +6,7 @@ that the package itself does not depend on it.
 
 import numpy as np
 
-
-def _group(traces):
-    groups = {}
-    for key, value in traces.items():
-        component, name = key.split("/", 1)
-        groups.setdefault(component, {})[name] = value
-    return groups
+from superloop_cell.traces import group_traces
 
 
 def plot_traces(traces, path, sample=0, title=None, axis_labels=None):
@@ -44,33 +38,20 @@ def plot_traces(traces, path, sample=0, title=None, axis_labels=None):
     if not traces:
         raise ValueError("`traces` is empty: was the cell built with systems "
                          "or SGU layers?")
-    axis_labels = {} if axis_labels is None else axis_labels
-    if not isinstance(axis_labels, dict):
-        raise TypeError(
-            "Received an invalid value for argument `axis_labels`: expected "
-            f"a dict from trace name to str, got {axis_labels!r}."
-        )
-    unknown = sorted(set(axis_labels) - set(traces))
-    if unknown:
-        raise ValueError(
-            f"`axis_labels` names traces that are not in `traces`: {unknown}; "
-            f"the traces are {sorted(traces)}."
-        )
-    groups = _group({k: np.asarray(v)[sample] for k, v in traces.items()})
-    gates = {k: v for k, v in groups.items() if "gate" in v}
-    systems = {k: v for k, v in groups.items() if "gate" not in v}
+    gates, systems = group_traces(
+        {k: np.asarray(v)[sample] for k, v in traces.items()}, axis_labels
+    )
     panels = []
     if gates:
-        layer_means = np.stack([v["gate"].mean(axis=-1) for v in
-                                gates.values()])
+        layer_means = np.stack([v.mean(axis=-1) for v in gates.values()])
         panels.append(("SGU gate f (mean per layer)", layer_means,
                        "layer", {}))
-    for name, parts in systems.items():
-        matrices = {k: v for k, v in parts.items() if v.shape[-1] > 1}
-        lines = {k: v[:, 0] for k, v in parts.items() if v.shape[-1] == 1}
-        for key, matrix in matrices.items():
-            ylabel = axis_labels.get(f"{name}/{key}", "slot")
-            panels.append((f"{name}: {key}", matrix.T, ylabel, lines))
+    for name, group in systems.items():
+        # The system's one-value traces are drawn over its first heatmap.
+        lines = group.lines
+        for key, matrix in group.heatmaps.items():
+            panels.append((f"{name}: {key}", matrix.T,
+                           group.row_labels[key], lines))
             lines = {}
         if lines:
             panels.append((f"{name}", None, "", lines))

@@ -4,8 +4,12 @@ Tracing is opt-in and leaves the trained cell alone: `traced_copy` makes a
 `trace=True` twin of a cell with the same weights, whose output carries the
 SGU gates and each system's `trace` after `y`; `run_with_traces` runs it
 over a batch and returns the traces by name as NumPy arrays;
-`trace_axis_labels` says what the entries of the wider ones are, for plots.
+`trace_axis_labels` says what the entries of the wider ones are, and
+`group_traces` sorts them into what the renderers draw (the PNG plots of
+`superloop_cell.plotting` and TensorBoard's `TraceImages`).
 """
+
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -116,3 +120,87 @@ def find_superloop_cell(model):
             + ". Pass the cell explicitly with `cell=`."
         )
     return found[0]
+
+
+GATE = "gate"
+DEFAULT_ROW_LABEL = "slot"
+
+
+class ComponentTraces(NamedTuple):
+    """One system's traces, sorted for drawing.
+
+    heatmaps: dict from trace key (`"weights"`) to its array
+        `(..., steps, width)`, for the traces wider than one value.
+    lines: dict from trace key (`"position"`) to its array `(..., steps)`,
+        for the one-value traces.
+    row_labels: dict from each heatmap's key to what its entries are
+        (`"position"`, `"register"`, `"slot"` when the system says nothing).
+    """
+
+    heatmaps: dict
+    lines: dict
+    row_labels: dict
+
+
+class TraceGroups(NamedTuple):
+    """A superloop's traces, grouped by component, in the cell's order.
+
+    gates: dict from stage (`"sgu_0"`) to its gate `f`, `(..., steps,
+        units)`.
+    systems: dict from system (`"attention"`) to its `ComponentTraces`.
+    """
+
+    gates: dict
+    systems: dict
+
+
+def group_traces(traces, axis_labels=None):
+    """Sorts traces into SGU gates and per-system heatmaps and lines.
+
+    Every renderer draws the same groups: the gates of the SGU stages
+    (`"<stage>/gate"`); per system, a heatmap of each trace wider than one
+    value and a line of each one-value trace.
+
+    Args:
+        traces: Dict from trace name (`"attention/weights"`) to an array
+            `(..., steps, width)`, e.g. from `run_with_traces`; any leading
+            axes (batch, or none for one sample) are kept.
+        axis_labels: Optional dict from trace name to the label of its
+            heatmap's rows, usually `trace_axis_labels(cell)`; rows are
+            `"slot"`s otherwise.
+
+    Returns:
+        A `TraceGroups`.
+    """
+    axis_labels = {} if axis_labels is None else axis_labels
+    if not isinstance(axis_labels, dict):
+        raise TypeError(
+            "Received an invalid value for argument `axis_labels`: expected "
+            f"a dict from trace name to str, got {axis_labels!r}."
+        )
+    unknown = sorted(set(axis_labels) - set(traces))
+    if unknown:
+        raise ValueError(
+            f"`axis_labels` names traces that are not in `traces`: {unknown}; "
+            f"the traces are {sorted(traces)}."
+        )
+    gates, systems = {}, {}
+    for name, value in traces.items():
+        if "/" not in name:
+            raise ValueError(
+                "Received an invalid value for argument `traces`: expected "
+                "names of the form `component/trace`, got "
+                f"{name!r}."
+            )
+        component, key = name.split("/", 1)
+        value = np.asarray(value)
+        if key == GATE:
+            gates[component] = value
+            continue
+        group = systems.setdefault(component, ComponentTraces({}, {}, {}))
+        if value.shape[-1] == 1:
+            group.lines[key] = value[..., 0]
+        else:
+            group.heatmaps[key] = value
+            group.row_labels[key] = axis_labels.get(name, DEFAULT_ROW_LABEL)
+    return TraceGroups(gates, systems)

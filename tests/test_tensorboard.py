@@ -245,6 +245,14 @@ def test_trace_images_histograms_and_scalars(trained):
                 assert image.shape[0] % rows == 0, tag
                 assert image.shape[1] % STEPS == 0, tag
                 assert len(np.unique(image.reshape(-1, 3), axis=0)) > 1, tag
+    accumulator = plugin_event_accumulator.EventAccumulator(trained["run"])
+    accumulator.Reload()
+    rows = {tag: accumulator.SummaryMetadata(tag).summary_description
+            for tag in slots}
+    assert "position on y" in rows["attention/weights"]
+    assert "register on y" in rows["register_memory/store"]
+    assert "SGU layer on y" in rows["sgu/gate_mean"]
+    assert "slot on y" in rows["neural_stack/strengths"]
     histograms = _summaries(trained["run"], "histograms")
     assert set(histograms) == {"sgu_0/gate", "sgu_1/gate", "sgu_2/gate"}
     scalars = _summaries(trained["run"], "scalars")

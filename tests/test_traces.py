@@ -141,6 +141,34 @@ def test_trace_axis_labels_come_from_the_systems():
         sc.trace_axis_labels(sc.SGUCell(3))
 
 
+def test_group_traces_sorts_gates_heatmaps_and_lines_in_order():
+    cell = sc.SuperloopCell(
+        [sc.SGUCell(3), sc.SGUCell(3)],
+        [sc.Attention(5, 1), sc.NeuralStack(2, 4)])
+    x = np.random.default_rng(0).normal(size=(2, 6, 1)).astype("f4")
+    data = np.random.default_rng(1).normal(size=(2, 5, 1)).astype("f4")
+    cell.build((None, 1))
+    _, traces = sc.run_with_traces(cell, x, [data])
+    groups = sc.group_traces(traces, sc.trace_axis_labels(cell))
+    assert list(groups.gates) == ["sgu_0", "sgu_1"]
+    assert groups.gates["sgu_1"].shape == (2, 6, 3)
+    assert list(groups.systems) == ["attention", "neural_stack"]
+    attention = groups.systems["attention"]
+    assert set(attention.heatmaps) == {"weights"}
+    assert attention.row_labels == {"weights": "position"}
+    np.testing.assert_array_equal(attention.lines["position"],
+                                  traces["attention/position"][..., 0])
+    stack = groups.systems["neural_stack"]
+    assert set(stack.heatmaps) == {"strengths", "read_weights"}
+    assert stack.row_labels == {"strengths": "slot", "read_weights": "slot"}
+    assert set(stack.lines) == {"push", "pop"}
+    # Any leading axes are kept: one sample, as the plots pass it.
+    one = sc.group_traces({k: v[1] for k, v in traces.items()})
+    assert one.systems["neural_stack"].heatmaps["strengths"].shape == (6, 4)
+    with pytest.raises(ValueError, match="`component/trace`, got 'gate'"):
+        sc.group_traces({"gate": np.zeros((1, 2, 3))})
+
+
 def test_plot_traces_labels_and_checks_its_axes(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     import matplotlib.axes

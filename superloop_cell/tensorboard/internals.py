@@ -25,7 +25,8 @@ import numpy as np
 import tensorflow as tf
 
 from superloop_cell.superloop import SuperloopCell
-from superloop_cell.traces import (find_superloop_cell, run_with_traces,
+from superloop_cell.traces import (GATE, find_superloop_cell, group_traces,
+                                   run_with_traces, trace_axis_labels,
                                    traced_copy)
 
 # Viridis at 0, 1/4, 1/2, 3/4 and 1 (matplotlib's anchors, rounded).
@@ -37,7 +38,7 @@ _VIRIDIS = np.array(
 # TensorBoard shows short sequences and few slots at a readable size.
 MIN_IMAGE_WIDTH = 320
 MIN_IMAGE_HEIGHT = 96
-_GATE_SUFFIX = "/gate"
+_GATE_MEANS = "sgu/gate_mean"
 
 
 def colorize(values, vmin=None, vmax=None):
@@ -88,34 +89,44 @@ def heatmap(matrix, vmin=None, vmax=None):
     return np.repeat(np.repeat(rgb, block_h, axis=0), block_w, axis=1)
 
 
-def trace_summaries(traces, samples=3):
+def trace_summaries(traces, samples=3, axis_labels=None):
     """What `TraceImages` logs, computed from traces, as plain arrays.
 
     Args:
         traces: Dict from `run_with_traces`: `(batch, steps, width)` arrays.
         samples: How many batch rows get images. Default 3.
+        axis_labels: Optional dict from trace name to what its heatmap's
+            rows are, as for `superloop_cell.group_traces`.
 
     Returns:
-        `(images, histograms, scalars)`: dicts from tag to
-        `(samples, height, width, 3)` uint8, to the values, and to a float.
+        `(images, histograms, scalars, row_labels)`: dicts from tag to
+        `(samples, height, width, 3)` uint8, to the values, to a float, and
+        from each image's tag to what its rows are.
     """
-    images, histograms, scalars = {}, {}, {}
-    gates = []
-    for key, value in traces.items():
-        value = np.asarray(value, dtype=np.float32)
-        shown = value[:samples]
-        if key.endswith(_GATE_SUFFIX):
-            histograms[key] = value.reshape(-1)
-            scalars[key + "_mean"] = float(value.mean())
-            gates.append(shown.mean(axis=-1))  # (samples, steps)
-        elif value.shape[-1] == 1:
-            scalars[key + "_mean"] = float(value.mean())
-        else:
-            images[key] = np.stack([heatmap(s.T) for s in shown])
+    images, histograms, scalars, row_labels = {}, {}, {}, {}
+    gates, systems = group_traces(
+        {k: np.asarray(v, dtype=np.float32) for k, v in traces.items()},
+        axis_labels,
+    )
+    for stage, gate in gates.items():
+        tag = f"{stage}/{GATE}"
+        histograms[tag] = gate.reshape(-1)
+        scalars[tag + "_mean"] = float(gate.mean())
     if gates:
-        per_layer = np.stack(gates, axis=1)  # (samples, layers, steps)
-        images["sgu/gate_mean"] = np.stack([heatmap(s) for s in per_layer])
-    return images, histograms, scalars
+        # (samples, layers, steps): the mean gate of every layer.
+        per_layer = np.stack(
+            [g[:samples].mean(axis=-1) for g in gates.values()], axis=1
+        )
+        images[_GATE_MEANS] = np.stack([heatmap(s) for s in per_layer])
+        row_labels[_GATE_MEANS] = "SGU layer"
+    for name, group in systems.items():
+        for key, line in group.lines.items():
+            scalars[f"{name}/{key}_mean"] = float(line.mean())
+        for key, value in group.heatmaps.items():
+            tag = f"{name}/{key}"
+            images[tag] = np.stack([heatmap(s.T) for s in value[:samples]])
+            row_labels[tag] = group.row_labels[key]
+    return images, histograms, scalars, row_labels
 
 
 class TraceImages(keras.callbacks.Callback):
@@ -177,6 +188,7 @@ class TraceImages(keras.callbacks.Callback):
         self.every_n_epochs = every_n_epochs
         self.samples = samples
         self._twin = None
+        self._axis_labels = None
         self._writer = None
         self._logged_initial = False
 
@@ -185,6 +197,7 @@ class TraceImages(keras.callbacks.Callback):
             self.cell = find_superloop_cell(self.model)
         if self._twin is None:
             self._twin = traced_copy(self.cell, self.sequences.shape[-1])
+            self._axis_labels = trace_axis_labels(self.cell)
         self._writer = tf.summary.create_file_writer(self.logdir)
         if not self._logged_initial:
             self.log(step=0)
@@ -203,13 +216,14 @@ class TraceImages(keras.callbacks.Callback):
         """Runs the probe batch now and writes its summaries at `step`."""
         _, traces = run_with_traces(self.cell, self.sequences, self.contexts,
                                     mask=self.mask, twin=self._twin)
-        images, histograms, scalars = trace_summaries(traces, self.samples)
+        images, histograms, scalars, row_labels = trace_summaries(
+            traces, self.samples, self._axis_labels)
         writer = self._writer or tf.summary.create_file_writer(self.logdir)
         with writer.as_default():
             for tag, image in images.items():
                 tf.summary.image(tag, image, step=step,
                                  max_outputs=len(image),
-                                 description=_describe(tag))
+                                 description=_describe(row_labels[tag]))
             for tag, values in histograms.items():
                 tf.summary.histogram(tag, values, step=step)
             for tag, value in scalars.items():
@@ -217,7 +231,6 @@ class TraceImages(keras.callbacks.Callback):
         writer.flush()
 
 
-def _describe(tag):
-    rows = "SGU layer" if tag == "sgu/gate_mean" else "slot"
+def _describe(rows):
     return (f"One probe sample per image: step on x, {rows} on y (0 at the "
             "bottom); viridis, dark = 0, yellow = 1.")
