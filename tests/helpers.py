@@ -19,13 +19,17 @@ tensorflow_only = pytest.mark.skipif(
 )
 
 
-def value_and_gradients(fn, variables=(), inputs=()):
+def value_and_gradients(fn, variables=(), inputs=(), compiled=False):
     """`fn(*inputs)` (a scalar) and its gradients, on any backend.
 
     Args:
         fn: Function of the `inputs` that may read Keras variables.
         variables: Keras variables to differentiate with respect to.
         inputs: Arrays passed to `fn`, also differentiated.
+        compiled: Whether to run it as one graph (`tf.function` on
+            TensorFlow, `jax.jit` on JAX) rather than op by op: much
+            faster for long sequences, where TensorFlow's eager loop runs
+            Python at every step.
 
     Returns:
         `(value, variable_grads, input_grads)` as NumPy arrays; a gradient
@@ -35,13 +39,18 @@ def value_and_gradients(fn, variables=(), inputs=()):
     if TENSORFLOW:
         import tensorflow as tf
 
-        tensors = [tf.convert_to_tensor(x) for x in inputs]
-        with tf.GradientTape(persistent=True) as tape:
-            tape.watch(tensors)
-            value = fn(*tensors)
-        grads = tape.gradient(
-            value, variables + tensors,
-            unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        def taped(*tensors):
+            with tf.GradientTape(persistent=True) as tape:
+                tape.watch(tensors)
+                value = fn(*tensors)
+            grads = tape.gradient(
+                value, variables + list(tensors),
+                unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return value, grads
+
+        if compiled:
+            taped = tf.function(taped)
+        value, grads = taped(*[tf.convert_to_tensor(x) for x in inputs])
         grads = [np.asarray(g) for g in grads]
         return np.asarray(value), grads[:len(variables)], grads[len(variables):]
     import jax
@@ -50,10 +59,36 @@ def value_and_gradients(fn, variables=(), inputs=()):
         with keras.StatelessScope(state_mapping=list(zip(variables, values))):
             return fn(*xs)
 
-    value, (d_vars, d_inputs) = jax.value_and_grad(pure, argnums=(0, 1))(
+    grad_fn = jax.value_and_grad(pure, argnums=(0, 1))
+    if compiled:
+        grad_fn = jax.jit(grad_fn)
+    value, (d_vars, d_inputs) = grad_fn(
         [v.value for v in variables], [jax.numpy.asarray(x) for x in inputs])
     return (np.asarray(value), [np.asarray(g) for g in d_vars],
             [np.asarray(g) for g in d_inputs])
+
+
+def compiled_value(fn, variables):
+    """`fn()` compiled once, reading `variables`' values at every call.
+
+    For finite differences: assign a perturbed value to a variable, call
+    the result, and the compiled graph sees the new value without being
+    traced again. `tf.function` on TensorFlow; on JAX, `jax.jit` of `fn`
+    with the variables' values as arguments.
+    """
+    variables = list(variables)
+    if TENSORFLOW:
+        import tensorflow as tf
+
+        return tf.function(fn)
+    import jax
+
+    @jax.jit
+    def pure(values):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return fn()
+
+    return lambda: pure([v.value for v in variables])
 
 
 def sgu_layers(cell):

@@ -9,8 +9,8 @@ import pytest
 
 import superloop_cell as sc
 from superloop_cell.cells import sgu_run
-from helpers import (TENSORFLOW, randomize, rnn_model, sgu_layers,
-                     value_and_gradients)
+from helpers import (TENSORFLOW, compiled_value, randomize, rnn_model,
+                     sgu_layers, value_and_gradients)
 from reference import superloop_run
 
 ATOL = 1e-5
@@ -331,6 +331,7 @@ def test_gradients_match_finite_differences(fused):
             return keras.ops.sum(out * projection + keras.ops.square(out))
 
         _, grads, _ = value_and_gradients(loss, cell.trainable_weights)
+        loss = compiled_value(loss, cell.trainable_weights)
         eps = 1e-6
         for w, g in zip(cell.trainable_weights, grads):
             flat = keras.ops.convert_to_numpy(w).reshape(-1).copy()
@@ -363,7 +364,8 @@ def test_no_nan_or_inf(case):
     d = np.full((2, 4, 2), value if case != "long" else 0.5, "float32")
     out = model.predict([x, d], verbose=0)
     _, grads, _ = value_and_gradients(
-        lambda: keras.ops.sum(model([x, d])), model.trainable_weights)
+        lambda: keras.ops.sum(model([x, d])), model.trainable_weights,
+        compiled=True)
     assert np.all(np.isfinite(out))
     for g in grads:
         assert np.all(np.isfinite(g))
