@@ -2,7 +2,8 @@
 
 Each example is a script with a `main(argv=None)` that returns its summary
 dict; the pieces every script repeats (the common command-line options, the
-accuracy metric, the trace plot, `summary.json`) live here.
+accuracy metric, the optimizer, loading a saved superloop, the trace plot,
+`summary.json`) live here.
 """
 
 import argparse
@@ -110,6 +111,21 @@ class RoundedAccuracy(keras.callbacks.Callback):
         """Sets the model's weights to the best epoch's, if one was kept."""
         if self._best_weights is not None:
             self._checked_model.set_weights(self._best_weights)
+
+
+def compile_with_adam(model, loss, learning_rate, jit_compile="auto"):
+    """Compiles `model` with Adam, gradients clipped to norm 1 (as every
+    example trains); `jit_compile` as for `keras.Model.compile`."""
+    model.compile(keras.optimizers.Adam(learning_rate, clipnorm=1.0), loss,
+                  jit_compile=jit_compile)
+
+
+def load_superloop(path):
+    """`(model, cell)`: a `model.keras` an example saved, and the one
+    `SuperloopCell` it runs (to inspect, or to build a model that goes on
+    training it)."""
+    model = keras.saving.load_model(path)
+    return model, superloop_cell.find_superloop_cell(model)
 
 
 def write_traces(cell, sequences, contexts, path, title):

@@ -23,23 +23,10 @@ pytest.importorskip("matplotlib")
 SMOKE = {
     "find_last_two": (
         find_last_two,
-        ["--steps", "6", "--units", "4", "--depth", "2",
-         "--train-samples", "32", "--test-samples", "16", "--epochs", "1",
-         "--batch-size", "16", "--baseline-units", "4",
-         "--baseline-epochs", "1", "--no-jit-compile"],
-        ["test_accuracy", "baseline_test_accuracy", "train_seconds",
-         "wall_seconds"],
-    ),
-    "find_last_two_options": (
-        find_last_two,
-        ["--steps", "6", "--units", "4", "--depth", "2",
-         "--train-samples", "32", "--test-samples", "16", "--epochs", "2",
-         "--batch-size", "16", "--max-gap", "2", "--curriculum",
-         "--falloff", "gaussian", "--sharpness", "8", "--no-read-gradient",
-         "--integer-moves", "--keep-best", "--cosine-decay", "--no-baseline",
-         "--loss-steps", "3", "--no-hard-attention"],
-        ["test_accuracy", "train_seconds", "wall_seconds", "kept_epoch",
-         "kept_epoch_seconds", "validation_accuracy"],
+        ["--quick", "--epochs", "2", "--no-jit-compile"],
+        ["test_accuracy", "baseline_test_accuracy", "first_two_accuracy",
+         "train_seconds", "wall_seconds", "kept_epoch", "kept_epoch_seconds",
+         "validation_accuracy", "diagnosis"],
     ),
     "associative_recall": (
         associative_recall,
@@ -113,14 +100,18 @@ def test_find_last_two_target_is_the_last_2_before_the_9():
 
 def test_find_last_two_bounds_for_a_curriculum():
     rng = np.random.default_rng(1)
-    values, target = find_last_two.make_data(200, rng, max_peak=3)
-    assert np.all(np.argmax(values == 9, axis=1) <= 3)
-    assert np.all(target < 3)
     values, target = find_last_two.make_data(500, rng, max_gap=2)
     gap = np.argmax(values == 9, axis=1) - target
     assert set(gap) == {1, 2}
     assert all(find_last_two.answer(row) == t for row, t in zip(values,
                                                                  target))
+    # The gap starts at 1 and is lifted over the first half of the epochs.
+    gaps = [find_last_two.curriculum_gap(epoch, 100) for epoch in range(100)]
+    lifted = gaps.index(None)
+    assert gaps[0] == 1 and 40 < lifted <= 50
+    assert gaps[:lifted] == sorted(gaps[:lifted]) and max(gaps[:lifted]) < 15
+    assert set(gaps[lifted:]) == {None}
+    assert find_last_two.curriculum_gap(0, 1) == 1
 
 
 def test_associative_recall_target_is_the_queried_keys_value():
@@ -190,47 +181,36 @@ def test_counter_counts_and_round_trips_its_config():
         custom_system.Counter(0)
 
 
-@pytest.mark.parametrize("head", [
-    ["--no-hard-attention", "--falloff", "gaussian", "--sharpness", "3",
-     "--integer-moves"],
-    ["--hard-attention"],
-], ids=["attention", "hard_attention"])
-def test_find_last_two_goes_on_from_a_saved_model(tmp_path, head):
-    argv = ["--steps", "6", "--units", "4", "--depth", "2",
-            "--train-samples", "32", "--test-samples", "64",
-            "--batch-size", "16", "--no-baseline", "--verbose", "0",
-            "--seed", "5", "--no-jit-compile"] + head
-    hard = head == ["--hard-attention"]
+def test_find_last_two_goes_on_from_a_saved_model(tmp_path):
+    argv = ["--quick", "--no-baseline", "--verbose", "0", "--seed", "5",
+            "--no-jit-compile"]
+    saved = str(tmp_path / "a" / "model.keras")
     first = find_last_two.main(argv + ["--epochs", "2",
                                        "--out", str(tmp_path / "a")])
-    # No further epochs: the reloaded model answers the same test set alike,
-    # also when it is rebuilt to train on the last 3 positions.
-    for loss_steps in ("1",) if hard else ("1", "3"):
-        again = find_last_two.main(argv + [
-            "--epochs", "0", "--out", str(tmp_path / ("b" + loss_steps)),
-            "--loss-steps", loss_steps,
-            "--initial-model", str(tmp_path / "a" / "model.keras")])
-        assert again["test_accuracy"] == first["test_accuracy"]
-        assert again["parameters"] == first["parameters"]
-    _, cell = find_last_two.load_superloop(
-        str(tmp_path / "a" / "model.keras"), 6)
-    if hard:
-        assert isinstance(cell.systems[0], find_last_two.sc.HardAttention)
-        with pytest.raises(ValueError, match="--loss-steps applies to the "
-                                             "soft `Attention` head"):
-            find_last_two.main(argv + [
-                "--epochs", "0", "--loss-steps", "3",
-                "--out", str(tmp_path / "d"),
-                "--initial-model", str(tmp_path / "a" / "model.keras")])
-    else:
-        assert (cell.systems[0].integer_moves
-                and cell.systems[0].sharpness == 3)
-    with pytest.raises(SystemExit):  # argparse: --loss-steps above --steps
-        find_last_two.main(argv + ["--loss-steps", "7"])
-    with pytest.raises(ValueError, match="runs 6 steps; got --steps 7"):
-        find_last_two.main(["--steps", "7", "--out", str(tmp_path / "c"),
-                            "--initial-model",
-                            str(tmp_path / "a" / "model.keras")])
+    # No further epochs: the reloaded model answers the same test set alike.
+    again = find_last_two.main(argv + ["--epochs", "0", "--initial-model",
+                                       saved, "--out", str(tmp_path / "b")])
+    assert again["test_accuracy"] == first["test_accuracy"]
+    assert again["parameters"] == first["parameters"]
+    assert again["kept_epoch"] == 0
+    cell = find_last_two.load_head(saved, find_last_two.QUICK.steps)
+    assert isinstance(cell.systems[0], find_last_two.sc.HardAttention)
+    with pytest.raises(ValueError, match="runs 6 steps; this run has 64"):
+        find_last_two.main(["--out", str(tmp_path / "c"),
+                            "--initial-model", saved])
+    with pytest.raises(SystemExit):  # argparse: a negative --epochs
+        find_last_two.main(argv + ["--epochs", "-1"])
+    # A model with the soft `Attention` head of earlier versions is refused.
+    sc = find_last_two.sc
+    soft = sc.SuperloopCell([sc.SGUCell(4)], [sc.Attention(16, 1)])
+    steps, data = keras.Input((6, 0)), keras.Input((16, 1))
+    outputs = keras.layers.RNN(soft)(
+        steps, initial_state=sc.initial_state(soft, steps, data))
+    keras.Model([steps, data], outputs).save(tmp_path / "soft.keras")
+    with pytest.raises(ValueError, match="its head is Attention"):
+        find_last_two.main(argv + ["--out", str(tmp_path / "d"),
+                                   "--initial-model",
+                                   str(tmp_path / "soft.keras")])
 
 
 def test_rounded_accuracy_keeps_the_best_epochs_weights():
@@ -252,15 +232,14 @@ def test_rounded_accuracy_keeps_the_best_epochs_weights():
 
 
 def test_find_last_two_diagnosis_of_a_head_that_walks_right():
-    # A head whose control is its bias alone (softsign(1.5) rounds to +1)
-    # stands on slot t after step t: the diagnosis follows from the data.
-    args = find_last_two.parse_args(["--steps", "6", "--units", "4",
-                                     "--depth", "1", "--no-hard-attention"])
-    _, _, cell = find_last_two.build_superloop(args)
+    # A head whose control is its bias alone, with +1 the most likely move,
+    # stands on slot t after step t outside training (it takes the most
+    # likely move): the diagnosis follows from the data.
+    _, _, cell = find_last_two.build_superloop(find_last_two.QUICK, seed=0)
     cell.control_kernel.assign(np.zeros(cell.control_kernel.shape, "f4"))
-    cell.control_bias.assign(np.full(cell.control_bias.shape, 1.5, "f4"))
+    cell.control_bias.assign(np.array([0.0, 0.0, 1.0], "f4"))
     values, target = find_last_two.make_data(300, np.random.default_rng(2))
-    got = find_last_two.diagnose(cell, values, target, 6, 1.0)
+    got = find_last_two.diagnose(cell, values, target, 6)
     peak = np.argmax(values == 9, axis=1)
     expected = {
         "reached_the_9": np.mean(peak <= 6),

@@ -137,8 +137,7 @@ def reinforce_loss(reward, log_prob, entropy=None, entropy_weight=0.0):
     the step size steady as the rewards shrink. Minimising the loss raises
     the log-probability of the moves of walks that did better than the
     batch; the entropy bonus keeps the policy from settling early on one
-    walk (on `examples/find_last_two.py`, without it the head settled on a
-    shortcut within 15 epochs).
+    walk.
 
     Args:
         reward: `(batch,)` tensor, higher is better; no gradient is taken.
