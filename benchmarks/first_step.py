@@ -5,47 +5,60 @@ step twice when the optimizer's variables do not exist yet: the first trace
 creates them, and `tf.function` traces again so that no variable is created
 inside the function. Calling `model.optimizer.build(model.trainable_variables)`
 before the first step leaves one trace. This script times both for the
-reference model of `run.py` (`looped`) and its `straightforward` baseline:
+reference model of the suite (`looped`) and its `straightforward` baseline:
 a fresh model each time, build + trace + one step, traces counted.
 
-    python benchmarks/first_step.py
-    python benchmarks/first_step.py --variants looped --depth 4 --steps 16
+    python -m benchmarks.first_step        # or: python benchmarks/first_step.py
+    python -m benchmarks.first_step --variants looped --depth 4 --steps 16
 """
 
 import argparse
 import os
+import sys
 
-# First: run.py sets the Keras backend (`--backend`) before Keras loads, and
-# holds the suite's reference model.
-import run
+if __package__ in (None, ""):  # run as a file: python benchmarks/first_step.py
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+    sys.path.insert(0, os.path.dirname(_here))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+from benchmarks import backend  # noqa: E402  (imports no Keras)
 
 
 def first_step(variant, depth, steps, batch, prebuild):
     """Seconds for build + trace + one step, and the number of traces."""
-    x, y = run.random_batch(np.random.default_rng(run.SEED), batch, steps)
-    _, counts, seconds = run.first_step(
-        variant, depth, steps, x, y, run.FIRST_STEP_LIMIT_S, prebuild=prebuild
+    import numpy as np
+
+    from benchmarks import measure, models
+
+    x, y = measure.random_batch(np.random.default_rng(measure.SEED), batch,
+                                steps)
+    _, counts, seconds = measure.first_step(
+        models.VARIANTS[variant].build, depth, steps, x, y,
+        measure.FIRST_STEP_LIMIT_S, prebuild=prebuild,
     )
     return seconds, counts["traces"]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backend", choices=run.BACKENDS,
-                        help="Keras backend (read by run.py at import)")
+    parser.add_argument("--backend", choices=backend.BACKENDS,
+                        help="Keras backend (default: $KERAS_BACKEND, else "
+                        "tensorflow)")
     parser.add_argument("--variants", default="looped,straightforward")
-    parser.add_argument("--depth", type=int, default=run.REFERENCE_DEPTH)
+    parser.add_argument("--depth", type=int, default=32)
     parser.add_argument("--steps", type=int, default=64, help="T")
     parser.add_argument("--batch", type=int, default=256)
     args = parser.parse_args()
+    backend.select(args.backend)
+    import keras  # after select
+
+    from benchmarks import models
+
     variants = args.variants.split(",")
     for variant in variants:
-        if variant not in run.VARIANTS:
+        if variant not in models.VARIANTS:
             parser.error(f"--variants: unknown variant {variant!r}; "
-                         f"choose from {', '.join(run.VARIANTS)}")
+                         f"choose from {', '.join(models.VARIANTS)}")
     rows = []
     for variant in variants:
         default_s, default_traces = first_step(

@@ -6,58 +6,57 @@ each depth with `fused=True` and `fused=False`, times the first
 `train_on_batch` (build + trace + step) and the median of `--rounds`
 steady steps, fused and unfused interleaved so that drift hits both alike.
 
-    python benchmarks/fused_threshold.py                 # depths 4, 8, 16
+    python -m benchmarks.fused_threshold        # depths 4, 8, 16
     python benchmarks/fused_threshold.py --depths 2,4,8,12,16 --rounds 9
+
+(For one depth, `python -m benchmarks.ab --a fused=True --b fused=False
+--depth 16` gives the ratio's spread over rounds.)
 """
 
 import argparse
 import os
-import time
+import sys
 
-# First: run.py sets the Keras backend (`--backend`) before Keras loads, and
-# holds the suite's reference model.
-import run
+if __package__ in (None, ""):  # run as a file
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+    sys.path.insert(0, os.path.dirname(_here))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-
-def build(depth, fused, steps):
-    cell = run._project_cell(depth, run.UNITS, fused=fused)
-    return run._compiled_sequence_model(cell, False, steps=steps)
+from benchmarks import backend  # noqa: E402  (imports no Keras)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backend", choices=run.BACKENDS,
-                        help="Keras backend (read by run.py at import)")
+    parser.add_argument("--backend", choices=backend.BACKENDS,
+                        help="Keras backend (default: $KERAS_BACKEND, else "
+                        "tensorflow)")
     parser.add_argument("--depths", default="4,8,16",
                         help="comma-separated stack depths")
     parser.add_argument("--steps", type=int, default=64, help="T")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
+    backend.select(args.backend)
+    import keras  # after select
+    import numpy as np
+
+    from benchmarks import measure, models
+
     depths = [int(d) for d in args.depths.split(",")]
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(args.batch, args.steps, run.INPUT_WIDTH))
-    x = x.astype("float32")
-    y = rng.normal(size=(args.batch, args.steps, 1)).astype("float32")
-    models, first = {}, {}
+    x, y = measure.random_batch(np.random.default_rng(0), args.batch,
+                                args.steps)
+    built, first = {}, {}
     for depth in depths:
         for fused in (True, False):
             keras.utils.set_random_seed(0)
-            model = build(depth, fused, args.steps)
-            start = time.perf_counter()
-            model.train_on_batch(x, y)
-            first[depth, fused] = time.perf_counter() - start
+            model = models.project_model(depth, steps=args.steps, fused=fused)
+            first[depth, fused] = measure.timed_step(model, x, y)
             model.train_on_batch(x, y)  # warm-up
-            models[depth, fused] = model
-    times = {key: [] for key in models}
+            built[depth, fused] = model
+    times = {key: [] for key in built}
     for _ in range(args.rounds):
-        for key, model in models.items():
-            start = time.perf_counter()
-            model.train_on_batch(x, y)
-            times[key].append(time.perf_counter() - start)
+        for key, model in built.items():
+            times[key].append(measure.timed_step(model, x, y))
     print(f"keras {keras.__version__}, backend {keras.backend.backend()}, "
           f"{os.cpu_count()} CPUs; T {args.steps}, batch {args.batch}, "
           f"median of {args.rounds} interleaved steady steps")

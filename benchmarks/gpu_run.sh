@@ -3,7 +3,7 @@
 #
 # That machine has JAX (Python 3.12) but neither TensorFlow nor Keras' two
 # small dependencies namex and optree, so Keras travels as wheels and the
-# suite runs on the JAX backend (`run.py` imports TensorFlow only for its
+# suite runs on the JAX backend (the suite imports TensorFlow only for its
 # TensorFlow-only sections). Two steps:
 #
 #   sh benchmarks/gpu_run.sh fetch   # here, once: the wheels into .whl/ (git-ignored)
@@ -43,7 +43,7 @@ run)
     python3 -c "import jax, keras; print(jax.devices(), 'keras', keras.__version__)" \
         >> "$OUT/gpu.txt" 2>&1
     cat "$OUT/gpu.txt"
-    python3 benchmarks/run.py --reference --backend jax --out "$OUT" \
+    python3 -m benchmarks.run --reference --backend jax --out "$OUT" \
         --variants looped,unrolled,straightforward,gru_stack,gru_layers,empty \
         2>&1 | tee "$OUT/run.log"
     ;;
