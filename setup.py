@@ -18,7 +18,7 @@ setup(
         "tensorboard",
     ],
     extras_require={
-        "dev": ["pytest", "matplotlib", "jax"],
+        "dev": ["pytest", "pytest-xdist", "matplotlib", "jax"],
         "plots": ["matplotlib"],
         "profile": ["tensorboard-plugin-profile"],
     },

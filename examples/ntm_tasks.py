@@ -1,0 +1,355 @@
+"""NTM copy and associative recall (Graves et al. 2014, §4.1–4.2) with a
+`ContentMemory` superloop, against an LSTM.
+
+copy      Random 8-bit vectors, L of them, then a delimiter step; then L
+          all-zero steps at which the network outputs the L vectors.
+          Trained on L uniform on 1–20; tested at L = 20, 40 and 100.
+recall    k items of three 6-bit vectors, each after an item-delimiter
+          step; then the query item between two query-delimiter steps;
+          then three all-zero steps at which the network outputs the item
+          that followed the queried one. Trained on k uniform on 2–6;
+          tested at k = 6 and 12.
+
+Result: wrong bits per sequence (each output thresholded at 0.5), the
+mean over the test sequences, as in Graves' learning curves; also the
+share of sequences with no wrong bit.
+
+Same as the paper: bit widths, lengths, delimiters, the memory
+(`--slots` 128 × `--mem-width` 20, one read and one write head with
+content and location addressing), a sigmoid output per bit with binary
+cross-entropy on the output steps only. Differences: the controller is
+a stack of `SGUCell`s (the memory's read enters it at the next step, so
+the output at a step is computed from the read of the step before),
+Adam instead of RMSProp, fresh random batches from a few padded length
+buckets, and the training budget is wall time (`--max-minutes`), not a
+number of sequences.
+
+Optional, also departures from the paper: `--curriculum N` (the longest
+training length or item count grows over the first N epochs) and
+`--location-init` (the heads start on sharp location addressing, see
+`set_location_bias`). Results and commands: `docs/tasks.md`.
+
+    python examples/ntm_tasks.py --task copy --curriculum 5 --location-init
+    python examples/ntm_tasks.py --task recall --no-baseline
+"""
+
+import argparse
+import sys
+
+import keras
+import numpy as np
+
+from _common import Stopwatch, finish, make_parser, prepare, write_traces
+import _tasks
+import superloop_cell as sc
+
+TASK = "ntm_tasks"
+TASKS = ("copy", "recall")
+
+
+def protocol(args):
+    if args.task == "copy":
+        return {"bits": args.bits, "train": list(range(args.min_length,
+                                                       args.max_length + 1)),
+                "test": args.test_lengths, "unit": "vectors"}
+    return {"bits": args.bits, "train": list(range(args.min_items,
+                                                   args.max_items + 1)),
+            "test": args.test_items, "unit": "items"}
+
+
+def make_batch(args):
+    if args.task == "copy":
+        def make(lengths, rng, steps=None):
+            return _tasks.ntm_copy_batch(lengths, rng, args.bits, steps)
+    else:
+        def make(counts, rng, steps=None):
+            return _tasks.ntm_recall_batch(counts, rng, args.bits, steps)
+    return make
+
+
+def steps_of(args):
+    if args.task == "copy":
+        return lambda n: 2 * n + 1
+    return _tasks.recall_steps
+
+
+def input_width(args):
+    return args.bits + (1 if args.task == "copy" else 2)
+
+
+def build_superloop(args):
+    cell = sc.SuperloopCell(
+        [sc.SGUCell(args.units) for _ in range(args.depth)],
+        [sc.ContentMemory(args.slots, args.mem_width,
+                          read_heads=args.read_heads)],
+    )
+    x = keras.Input((None, input_width(args)), name="inputs")
+    hidden = keras.layers.RNN(cell, return_sequences=True)(x)
+    bits = keras.layers.Dense(args.bits, activation="sigmoid",
+                              name="readout")(hidden)
+    return keras.Model(x, bits, name="superloop"), cell
+
+
+def set_location_bias(cell, sharpness=2.0, gate=-3.0, shift=2.0):
+    """Starts every head on location addressing (control bias): gate logit
+    `gate` (the previous weights are kept, g ≈ 0.05) and sharpness logit
+    `sharpness` (γ ≈ 3.1); the write head's shift logits favour the move
+    +1 by `shift` (it walks one slot per step), the read heads' stay 0
+    (no move favoured). The keys, β, erase and add keep their zero bias;
+    everything stays trainable."""
+    memory = cell.systems[0]
+    width = memory.width
+    bias = keras.ops.convert_to_numpy(cell.control_bias).copy()
+    heads = [(0, 2)] + [(3 * width + 6 + h * (width + 6), 1)
+                        for h in range(memory.read_heads)]
+    for base, move in heads:
+        bias[base + width + 1] = gate
+        moves = np.zeros(3)
+        if move == 2:
+            moves[:] = -shift
+            moves[move] = shift
+        bias[base + width + 2:base + width + 5] = moves
+        bias[base + width + 5] = sharpness
+    cell.control_bias.assign(bias)
+
+
+def build_lstm(args):
+    x = keras.Input((None, input_width(args)), name="inputs")
+    hidden = x
+    for _ in range(args.lstm_layers):
+        hidden = keras.layers.LSTM(args.lstm_units,
+                                   return_sequences=True)(hidden)
+    bits = keras.layers.Dense(args.bits, activation="sigmoid",
+                              name="readout")(hidden)
+    return keras.Model(x, bits, name="lstm_baseline")
+
+
+def evaluate(model, data, batch_size=100):
+    x, target, weight = data[:3]
+    probabilities = model.predict(x, batch_size=batch_size, verbose=0)
+    errors = _tasks.bit_errors(probabilities, target, weight)
+    return {"bits_per_sequence": round(float(errors.mean()), 4),
+            "perfect": round(float(np.mean(errors == 0)), 4)}
+
+
+def curriculum_start(args):
+    sizes = protocol(args)["train"]
+    return min(min(sizes) + (4 if args.task == "copy" else 1), max(sizes))
+
+
+def train(model, args, label, epochs, check, max_seconds):
+    model.compile(keras.optimizers.Adam(args.learning_rate, clipnorm=1.0),
+                  "binary_crossentropy")
+    model.optimizer.build(model.trainable_variables)
+    train_sizes = protocol(args)["train"]
+    pad = _tasks.padded_to(args.pad_multiple, steps_of(args))
+    buckets = _tasks.buckets_for(train_sizes, pad, args.buckets)
+    batches = _tasks.FreshBatches(make_batch(args), buckets, args.batch_size,
+                                  args.steps, args.seed)
+    callbacks = []
+    if args.curriculum:
+        callbacks.append(_tasks.Curriculum(
+            batches, train_sizes, pad, args.buckets,
+            start=curriculum_start(args), epochs=args.curriculum))
+    done = None
+    if args.stop_after:
+        done = _tasks.reached(f"val_{max(train_sizes)}_bits", 0.0,
+                              args.stop_after, after=args.curriculum)
+    progress = _tasks.Progress(label, check, max_seconds, done=done)
+    callbacks.append(progress)
+    print(f"{label}: {model.count_params()} parameters; up to {epochs} "
+          f"epochs × {args.steps} batches of {args.batch_size}", flush=True)
+    model.fit(batches, epochs=epochs, verbose=0, callbacks=callbacks)
+    return progress
+
+
+def parse_args(argv):
+    parser = make_parser(TASK, __doc__)
+    parser.add_argument("--task", choices=TASKS, default="copy")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny settings for a smoke test")
+    parser.add_argument("--bits", type=int, default=None,
+                        help="bits per vector (default: 8 copy, 6 recall)")
+    parser.add_argument("--min-length", type=int, default=1)
+    parser.add_argument("--max-length", type=int, default=20)
+    parser.add_argument("--test-lengths", type=int, nargs="+",
+                        default=[20, 40, 100])
+    parser.add_argument("--min-items", type=int, default=2)
+    parser.add_argument("--max-items", type=int, default=6)
+    parser.add_argument("--test-items", type=int, nargs="+", default=[6, 12])
+    parser.add_argument("--test-samples", type=int, default=500)
+    parser.add_argument("--check-samples", type=int, default=100)
+    parser.add_argument("--slots", type=int, default=128)
+    parser.add_argument("--mem-width", type=int, default=20)
+    parser.add_argument("--read-heads", type=int, default=1)
+    parser.add_argument("--units", type=int, default=100,
+                        help="units per SGU layer")
+    parser.add_argument("--depth", type=int, default=1, help="SGU layers")
+    parser.add_argument("--epochs", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=50,
+                        help="training batches per epoch")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--buckets", type=int, default=4)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--location-init", action="store_true",
+                        help="start the heads on sharp location addressing "
+                        "(write head walking, read heads standing); see "
+                        "set_location_bias")
+    parser.add_argument("--curriculum", type=int, default=0,
+                        help="if > 0: the longest training length (items) "
+                        "grows from min + 4 (min + 1) to max over this many "
+                        "epochs (a departure from the paper)")
+    parser.add_argument("--stop-after", type=int, default=3,
+                        help="stop once the check at the longest training "
+                        "length has no wrong bit in this many epochs in a "
+                        "row after the curriculum (0: never)")
+    parser.add_argument("--pad-multiple", type=int, default=8,
+                        help="training batches padded to a multiple of this")
+    parser.add_argument("--max-minutes", type=float, default=18.0,
+                        help="stop training after the epoch that passes it")
+    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction,
+                        default=True, help="also train the LSTM baseline")
+    parser.add_argument("--superloop",
+                        action=argparse.BooleanOptionalAction, default=True,
+                        help="train the superloop (--no-superloop: the "
+                        "baseline only, saved as model.keras, no traces)")
+    parser.add_argument("--lstm-units", type=int, default=256)
+    parser.add_argument("--lstm-layers", type=int, default=3)
+    parser.add_argument("--baseline-epochs", type=int, default=None)
+    parser.add_argument("--baseline-max-minutes", type=float, default=None)
+    args = parser.parse_args(argv)
+    if args.bits is None:
+        args.bits = 8 if args.task == "copy" else 6
+    if args.quick:
+        args.bits = 3
+        args.min_length, args.max_length, args.test_lengths = 1, 3, [3, 5]
+        args.min_items, args.max_items, args.test_items = 2, 3, [3, 4]
+        args.test_samples = args.check_samples = 8
+        args.slots, args.mem_width, args.units = 8, 4, 8
+        args.epochs, args.steps, args.batch_size, args.buckets = 2, 2, 8, 2
+        args.lstm_units, args.lstm_layers, args.baseline_epochs = 8, 1, 1
+        args.pad_multiple = 4
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = prepare(args)
+    proto = protocol(args)
+    make = make_batch(args)
+    rng = np.random.default_rng([args.seed, 2])
+    tests = {n: make(np.full(args.test_samples, n), rng)
+             for n in proto["test"]}
+    longest_train = max(proto["train"])
+    checks = {f"val_{n}": make(np.full(args.check_samples, n), rng)
+              for n in sorted({longest_train, max(proto["test"])})}
+    name = "length" if args.task == "copy" else "items"
+
+    def checker(model):
+        def check():
+            metrics = {}
+            for key, data in checks.items():
+                metrics[f"{key}_bits"] = evaluate(model, data)[
+                    "bits_per_sequence"]
+            return metrics
+        return check
+
+    def tested(model):
+        return {f"{name}_{n}": evaluate(model, data)
+                for n, data in tests.items()}
+
+    clock = Stopwatch()
+    summary = {
+        "task": TASK,
+        "ntm_task": args.task,
+        "protocol": {
+            "task": args.task,
+            "bits_per_vector": args.bits,
+            f"train_{proto['unit']}": [min(proto["train"]),
+                                       max(proto["train"])],
+            f"test_{proto['unit']}": proto["test"],
+            "test_sequences": args.test_samples,
+            "metric": "wrong bits per sequence (threshold 0.5), mean over "
+                      "the test sequences; 'perfect': share with none",
+            "memory": [args.slots, args.mem_width],
+            "differences": [
+                "controller: SGUCell stack in a SuperloopCell (read fed "
+                "back at the next step), not an LSTM/feedforward one",
+                "Adam, gradient norm clipped at 1, instead of RMSProp",
+                "fresh random batches from padded length buckets; budget "
+                "by wall time",
+            ],
+        },
+    }
+    if args.location_init:
+        summary["protocol"]["differences"].append(
+            "control bias initialised for location addressing: gate logit "
+            "-3, sharpness logit +2, write head's shift logits ±2 "
+            "favouring +1, read heads' 0")
+    if args.curriculum:
+        summary["protocol"]["differences"].append(
+            f"curriculum: the longest training {proto['unit']} count grows "
+            f"linearly from {curriculum_start(args)} to "
+            f"{max(proto['train'])} over the first {args.curriculum} epochs, "
+            "then uniform on the full range")
+    if args.superloop:
+        model, cell = build_superloop(args)
+        if args.location_init:
+            set_location_bias(cell)
+        label = (f"superloop {args.task}: {args.depth}×SGUCell("
+                 f"{args.units}) + ContentMemory({args.slots}×"
+                 f"{args.mem_width}, {args.read_heads} read head(s))")
+        progress = train(model, args, label, args.epochs, checker(model),
+                         args.max_minutes * 60)
+        train_seconds = clock.seconds()
+        results = tested(model)
+        print(f"{label}: {results}", flush=True)
+        summary["superloop"] = {
+            "parameters": model.count_params(),
+            "train_seconds": train_seconds,
+            "epochs_run": len(progress.history),
+            "sequences_seen": len(progress.history) * args.steps
+            * args.batch_size,
+            "test": results,
+            "history": progress.history,
+        }
+        model.save(out / "model.keras")
+        # The trace: copy at the second test length (40), recall at the most
+        # items (12); a length of 100 would be too wide to read.
+        sizes = sorted(proto["test"])
+        n = sizes[min(1, len(sizes) - 1)] if args.task == "copy" else sizes[-1]
+        sample = make(np.array([n]), np.random.default_rng([args.seed, 3]))
+        write_traces(cell, sample[0], (), out / "traces.png",
+                     f"NTM {args.task}, {n} {proto['unit']} (trained on ≤ "
+                     f"{longest_train})")
+
+    if args.baseline:
+        clock_lstm = Stopwatch()
+        lstm = build_lstm(args)
+        progress = train(
+            lstm, args,
+            f"LSTM {args.task}: {args.lstm_layers}×LSTM({args.lstm_units})",
+            args.baseline_epochs or args.epochs, checker(lstm),
+            (args.baseline_max_minutes or args.max_minutes) * 60)
+        seconds = clock_lstm.seconds()
+        summary["lstm_baseline"] = {
+            "layers": args.lstm_layers,
+            "units": args.lstm_units,
+            "parameters": lstm.count_params(),
+            "train_seconds": seconds,
+            "epochs_run": len(progress.history),
+            "sequences_seen": len(progress.history) * args.steps
+            * args.batch_size,
+            "test": tested(lstm),
+            "history": progress.history,
+        }
+        if not args.superloop:
+            lstm.save(out / "model.keras")
+    summary["wall_seconds"] = clock.seconds()
+    summary["config"] = vars(args)
+    return _tasks.finish_without_traces(
+        finish(out, summary), out, traces=args.superloop)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
