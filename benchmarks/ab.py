@@ -283,7 +283,8 @@ def main(argv=None):
             "depth": args.depth, "steps": args.steps, "batch": args.batch,
             "rounds": args.rounds, "steps_per_round": args.steps_per_round,
             "command": " ".join(
-                ["python -m benchmarks.ab"] + sys.argv[1:]
+                ["python -m benchmarks.ab"]
+                + list(sys.argv[1:] if argv is None else argv)
             ),
         },
         "steady": ratio_statistics(a.steady, b.steady),

@@ -380,7 +380,8 @@ def main(argv=None):
             "variants": names,
             "seed": SEED,
             "command": " ".join(["python -m benchmarks.mixed_lengths"]
-                                + sys.argv[1:]),
+                                + list(sys.argv[1:] if argv is None
+                                       else argv)),
         },
         "variants": [],
     }

@@ -122,7 +122,9 @@ def _extract(revision, repo):
     folder = tempfile.mkdtemp(prefix=f"{PACKAGE}_{revision}_")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(folder, filter="data")
+        # `filter` exists from Python 3.10.12 / 3.11.4 on.
+        extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(folder, **extra)
     return folder
 
 

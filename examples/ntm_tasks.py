@@ -218,6 +218,8 @@ def parse_args(argv):
     parser.add_argument("--baseline-epochs", type=int, default=None)
     parser.add_argument("--baseline-max-minutes", type=float, default=None)
     args = parser.parse_args(argv)
+    if args.out == parser.get_default("out"):  # one folder per task
+        args.out = f"{args.out}_{args.task}"
     if args.bits is None:
         args.bits = 8 if args.task == "copy" else 6
     if args.quick:

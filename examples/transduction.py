@@ -230,6 +230,8 @@ def parse_args(argv):
     parser.add_argument("--baseline-max-minutes", type=float, default=None,
                         help="default: --max-minutes")
     args = parser.parse_args(argv)
+    if args.out == parser.get_default("out"):  # one folder per task
+        args.out = f"{args.out}_{args.task}"
     if args.quick:
         args.vocab, args.min_length, args.max_length = 6, 2, 4
         args.test_min_length, args.test_max_length = 5, 8
