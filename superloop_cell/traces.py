@@ -9,6 +9,7 @@ over a batch and returns the traces by name as NumPy arrays;
 `superloop_cell.plotting` and TensorBoard's `TraceImages`).
 """
 
+import re
 from typing import NamedTuple
 
 import keras
@@ -124,6 +125,8 @@ def find_superloop_cell(model):
 
 GATE = "gate"
 DEFAULT_ROW_LABEL = "slot"
+# The name a SuperloopCell gives its i-th stage when it is an SGUCell.
+_SGU_STAGE = re.compile(r"sgu_\d+")
 
 
 class ComponentTraces(NamedTuple):
@@ -194,7 +197,7 @@ def group_traces(traces, axis_labels=None):
             )
         component, key = name.split("/", 1)
         value = np.asarray(value)
-        if key == GATE:
+        if key == GATE and _SGU_STAGE.fullmatch(component):
             gates[component] = value
             continue
         group = systems.setdefault(component, ComponentTraces({}, {}, {}))

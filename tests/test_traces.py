@@ -165,6 +165,9 @@ def test_group_traces_sorts_gates_heatmaps_and_lines_in_order():
     # Any leading axes are kept: one sample, as the plots pass it.
     one = sc.group_traces({k: v[1] for k, v in traces.items()})
     assert one.systems["neural_stack"].heatmaps["strengths"].shape == (6, 4)
+    # A system's own trace called "gate" is the system's, not an SGU gate.
+    mine = sc.group_traces({"valve/gate": np.zeros((1, 2, 3))})
+    assert not mine.gates and set(mine.systems["valve"].heatmaps) == {"gate"}
     with pytest.raises(ValueError, match="`component/trace`, got 'gate'"):
         sc.group_traces({"gate": np.zeros((1, 2, 3))})
 
