@@ -233,9 +233,20 @@ def x64():
     jax.config.update("jax_enable_x64", False)
 
 
-@pytest.mark.xfail(keras.backend.backend() == "jax", strict=False,
-                   reason="open: on JAX this float64 check computes in "
-                          "float32 even in 64-bit mode (cause not found)")
+def test_tanh_keeps_float64_and_float32(x64):
+    from superloop_cell.systems._soft_ops import tanh
+
+    x = np.array([-30.0, -1.5, -1e-9, 0.0, 1e-9, 0.3, 30.0])
+    wide = tanh(keras.ops.convert_to_tensor(x, "float64"))
+    assert keras.backend.standardize_dtype(wide.dtype) == "float64"
+    # Exact to float64 rounding in absolute terms (2·sigmoid − 1 is a
+    # difference of numbers near 1): within two float64 epsilons.
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(wide), np.tanh(x),
+                               rtol=1e-14, atol=2 * np.finfo("f8").eps)
+    narrow = tanh(keras.ops.convert_to_tensor(x, "float32"))
+    assert keras.backend.standardize_dtype(narrow.dtype) == "float32"
+
+
 def test_gradient_matches_finite_differences(x64):
     stack = NeuralStack(2, 3, dtype="float64")
     rng = np.random.default_rng(7)

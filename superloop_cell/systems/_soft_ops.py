@@ -5,6 +5,7 @@ by the strength of the elements in front of it; the addressing systems
 normalise logits with a softmax. Each is written once here.
 """
 
+import keras
 from keras import ops
 
 
@@ -16,6 +17,18 @@ def softmax(logits):
     """
     e = ops.exp(logits - ops.max(logits, axis=-1, keepdims=True))
     return e / ops.sum(e, axis=-1, keepdims=True)
+
+
+def tanh(x):
+    """`tanh(x)` in `x`'s own precision.
+
+    Keras' `ops.tanh` computes a float64 tensor in float32 on the JAX
+    backend (Keras 3.15); for float64 this uses `2·sigmoid(2x) − 1`, which
+    stays in float64, within a few float64 epsilons of `tanh` (absolute).
+    """
+    if keras.backend.standardize_dtype(x.dtype) == "float64":
+        return 2.0 * ops.sigmoid(2.0 * x) - 1.0
+    return ops.tanh(x)
 
 
 def strength_above(strengths):

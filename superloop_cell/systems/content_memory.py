@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from superloop_cell import _validation
+from superloop_cell.systems import _soft_ops
 from superloop_cell.systems._soft_ops import softmax
 from superloop_cell.systems.base import ExternalSystem
 
@@ -262,7 +263,8 @@ class ContentMemory(ExternalSystem):
         write_weights = address(
             write_head, state.memory, state.write_weights[:, None, :]
         )[:, 0]
-        erase, add = ops.sigmoid(erase), ops.tanh(add)  # (batch, 1, width)
+        # (batch, 1, width) each.
+        erase, add = ops.sigmoid(erase), _soft_ops.tanh(add)
         weights = write_weights[:, :, None]
         memory = state.memory * (1.0 - weights * erase) + weights * add
 

@@ -163,8 +163,8 @@ class NeuralDeQue(ExternalSystem):
         values = ops.reshape(values, (-1, slots, self.width))
         (strengths, values, top_weights, bottom_weights, read_top,
          read_bottom) = deque_step(
-            push_top, pop_top, push_bottom, pop_bottom, ops.tanh(value_top),
-            ops.tanh(value_bottom), strengths, values,
+            push_top, pop_top, push_bottom, pop_bottom, _soft_ops.tanh(value_top),
+            _soft_ops.tanh(value_bottom), strengths, values,
         )
         output = ops.concatenate([read_top, read_bottom], axis=-1)
         new_states = [strengths, ops.reshape(values, (-1, slots * self.width))]

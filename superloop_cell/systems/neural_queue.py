@@ -123,7 +123,7 @@ class NeuralQueue(ExternalSystem):
 
     def call(self, control, states, training=False, traces=False):
         push, pop, value = ops.split(control, [1, 2], axis=-1)
-        push, pop, value = ops.sigmoid(push), ops.sigmoid(pop), ops.tanh(value)
+        push, pop, value = ops.sigmoid(push), ops.sigmoid(pop), _soft_ops.tanh(value)
         strengths, values = states
         values = ops.reshape(values, (-1, self.capacity, self.width))
         strengths, values, read_weights, read = queue_step(

@@ -88,7 +88,7 @@ class NeuralStack(ExternalSystem):
     def _step(self, control, states):
         push = ops.sigmoid(control[:, :1])
         pop = ops.sigmoid(control[:, 1:2])
-        value = ops.tanh(control[:, 2:])
+        value = _soft_ops.tanh(control[:, 2:])
         strengths, values = states
         values = ops.reshape(values, (-1, self.capacity, self.width))
 
