@@ -331,6 +331,26 @@ def reached(key, value, epochs, after=0):
     return done
 
 
+def flattened(results):
+    """`{"test": {"coarse": 1.0}}` → `{"test_coarse": 1.0}`."""
+    return {f"{name}_{key}": value for name, metrics in results.items()
+            for key, value in metrics.items()}
+
+
+def training_record(model, progress, seconds, args, results):
+    """What `summary.json` keeps of one trained model: its size, training
+    time, epochs and sequences seen, `results` and the per-epoch history."""
+    epochs = len(progress.history)
+    return {
+        "parameters": model.count_params(),
+        "train_seconds": seconds,
+        "epochs_run": epochs,
+        "sequences_seen": epochs * args.steps * args.batch_size,
+        **results,
+        "history": progress.history,
+    }
+
+
 def finish_without_traces(summary, out, traces):
     """`_common.finish`'s summary, with the trace plot dropped from its
     files (and from `summary.json`) when no superloop was run."""

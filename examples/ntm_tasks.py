@@ -306,15 +306,8 @@ def main(argv=None):
         train_seconds = clock.seconds()
         results = tested(model)
         print(f"{label}: {results}", flush=True)
-        summary["superloop"] = {
-            "parameters": model.count_params(),
-            "train_seconds": train_seconds,
-            "epochs_run": len(progress.history),
-            "sequences_seen": len(progress.history) * args.steps
-            * args.batch_size,
-            "test": results,
-            "history": progress.history,
-        }
+        summary["superloop"] = _tasks.training_record(
+            model, progress, train_seconds, args, {"test": results})
         model.save(out / "model.keras")
         # The trace: copy at the second test length (40), recall at the most
         # items (12); a length of 100 would be too wide to read.
@@ -337,13 +330,8 @@ def main(argv=None):
         summary["lstm_baseline"] = {
             "layers": args.lstm_layers,
             "units": args.lstm_units,
-            "parameters": lstm.count_params(),
-            "train_seconds": seconds,
-            "epochs_run": len(progress.history),
-            "sequences_seen": len(progress.history) * args.steps
-            * args.batch_size,
-            "test": tested(lstm),
-            "history": progress.history,
+            **_tasks.training_record(lstm, progress, seconds, args,
+                                     {"test": tested(lstm)}),
         }
         if not args.superloop:
             lstm.save(out / "model.keras")

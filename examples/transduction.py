@@ -313,11 +313,8 @@ def main(argv=None):
             return long_model
 
         def check_superloop():
-            metrics = {}
-            for name, data in checks.items():
-                for k, v in evaluate(long_copy(model), data).items():
-                    metrics[f"{name}_{k}"] = v
-            return metrics
+            return _tasks.flattened({name: evaluate(long_copy(model), data)
+                                     for name, data in checks.items()})
 
         label = (f"superloop {args.task}: {args.depth}×SGUCell("
                  f"{args.units}) + {SYSTEMS[args.task]}({args.width})")
@@ -327,16 +324,8 @@ def main(argv=None):
         results = {name: evaluate(long_copy(model), data)
                    for name, data in tests.items()}
         print(f"{label}: {results}", flush=True)
-        summary["superloop"] = {
-            "parameters": model.count_params(),
-            "train_seconds": train_seconds,
-            "epochs_run": len(progress.history),
-            "sequences_seen": len(progress.history) * args.steps
-            * args.batch_size,
-            **{f"{name}_{k}": v for name, m in results.items()
-               for k, v in m.items()},
-            "history": progress.history,
-        }
+        summary["superloop"] = _tasks.training_record(
+            model, progress, train_seconds, args, _tasks.flattened(results))
         model.save(out / "model.keras")
         tokens, _, weight = tests["test_lengths"]
         row = int(np.argmin(weight.sum(1)))
@@ -355,11 +344,8 @@ def main(argv=None):
         lstm = build_lstm(args)
 
         def check_lstm():
-            metrics = {}
-            for name, data in checks.items():
-                for k, v in evaluate(lstm, data).items():
-                    metrics[f"{name}_{k}"] = v
-            return metrics
+            return _tasks.flattened({name: evaluate(lstm, data)
+                                     for name, data in checks.items()})
 
         minutes = args.baseline_max_minutes or args.max_minutes
         progress = train(
@@ -372,14 +358,8 @@ def main(argv=None):
         summary["lstm_baseline"] = {
             "layers": args.lstm_layers,
             "units": args.lstm_units,
-            "parameters": lstm.count_params(),
-            "train_seconds": seconds,
-            "epochs_run": len(progress.history),
-            "sequences_seen": len(progress.history) * args.steps
-            * args.batch_size,
-            **{f"{name}_{k}": v for name, m in results.items()
-               for k, v in m.items()},
-            "history": progress.history,
+            **_tasks.training_record(lstm, progress, seconds, args,
+                                     _tasks.flattened(results)),
         }
         if not args.superloop:
             lstm.save(out / "model.keras")
