@@ -28,8 +28,9 @@ leaves the backward pass fewer passes over these tensors: `1/(1 + |a|)` is
 kernel padded to the width of z, so that one product gives every layer's
 addend `[p_l, 0] + b_l` and the backward products read only the gate half of
 `∂z_l` without slicing it out.
-Runs deeper than `UNROLL_UP_TO` layers walk the chain in a loop over groups
-of layers (`_loops.scan`), so the graph does not grow with depth either.
+Runs deeper than `UNROLL_UP_TO` layers (set per backend, below) walk the
+chain in a loop over groups of layers (`_loops.scan`), so the graph does not
+grow with depth either.
 
 Forward, for layer l with input x_l (x_0 = the run's input) and state h_l:
 
@@ -53,17 +54,25 @@ small weight tensors (`K` in the chain, `∂K`, `∂b`, `∂R`, `R` in `∂h`), 
 saves a pass over the batched tensors.
 """
 
+import keras
 from keras import ops
 
 from superloop_cell import _loops
 from superloop_cell.cells.sgu import CANDIDATE_NEGATIVE_SLOPE, sgu_step
 
-# Runs up to this deep walk their chain written out layer by layer; deeper
-# ones loop over groups of LAYERS_PER_ITERATION layers (written out inside
-# the loop body) plus a written-out tail of `depth % group` layers: a
-# written-out chain steps faster, a looped one builds (and compiles) faster.
-UNROLL_UP_TO = 32
-LAYERS_PER_ITERATION = 8
+# Runs up to UNROLL_UP_TO layers deep walk their chain written out layer by
+# layer; deeper ones loop over groups of LAYERS_PER_ITERATION layers (written
+# out inside the loop body) plus a written-out tail of `depth % group`
+# layers. A written-out chain has fewer ops per step; a looped one traces and
+# compiles in time that does not grow with the run's depth. TensorFlow's
+# default on a CPU runs the graph op by op (no XLA), where the written-out
+# chain steps faster; JAX always compiles with XLA, where the loop compiles
+# in about half the time and steps no slower (the "layer loop" measurement in
+# benchmarks/RESULTS.md).
+_LAYER_LOOP = {"tensorflow": (32, 8)}  # backend: (UNROLL_UP_TO, group)
+UNROLL_UP_TO, LAYERS_PER_ITERATION = _LAYER_LOOP.get(
+    keras.backend.backend(), (0, 4)
+)
 
 
 def sgu_run(x, states, kernel, recurrent_kernel, bias, with_gates=False):
