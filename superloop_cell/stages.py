@@ -75,11 +75,13 @@ class SGURunStage:
     layer-major); its weights stay in the cells and are stacked at call
     time.
 
-    `indices`: the positions of the run's cells in the superloop's `cells`.
+    `indices`: the positions of the run's cells in the superloop's `cells`;
+    `loop`: `sgu_run`'s `loop` (None: by depth).
     """
 
-    def __init__(self, cells, first_index):
+    def __init__(self, cells, first_index, loop=None):
         self.cells = list(cells)
+        self.loop = loop
         self.indices = list(range(first_index, first_index + len(cells)))
         self.units = cells[0].units
         self.state_sizes = [len(cells) * self.units]
@@ -102,10 +104,10 @@ class SGURunStage:
         `with_gates`, else is `[]`."""
         weights = _loops.loop_invariant(self._stacked_weights)
         if not with_gates:
-            y, new_states = sgu_run(x, states[0], *weights)
+            y, new_states = sgu_run(x, states[0], *weights, loop=self.loop)
             return y, [new_states], []
         y, new_states, gates = sgu_run(x, states[0], *weights,
-                                       with_gates=True)
+                                       with_gates=True, loop=self.loop)
         return y, [new_states], ops.unstack(gates, len(self.cells))
 
 
@@ -114,15 +116,17 @@ def is_sgu(cell):
     return type(cell) is SGUCell
 
 
-def plan_stages(cells, fused):
+def plan_stages(cells, fused, layer_loop=AUTO_FUSED):
     """Splits `cells` into stages: fused SGU runs where allowed, else cells.
 
     A run is consecutive `SGUCell`s of one width, after `cells[0]` (whose
     input width is only known at build), each reading a previous output of
     its own width. With `fused=True` every run of `MIN_FUSED_RUN` or more
     layers is fused, with `"auto"` every run of `AUTO_FUSED_RUN` or more,
-    with False none.
+    with False none. `layer_loop` is how a fused run walks its layers
+    (`sgu_run`'s `loop`; `"auto"`: by depth).
     """
+    loop = None if layer_loop == AUTO_FUSED else bool(layer_loop)
     shortest = AUTO_FUSED_RUN if fused == AUTO_FUSED else MIN_FUSED_RUN
     stages = [CellStage(cells[0], 0)]
     i = 1
@@ -138,7 +142,7 @@ def plan_stages(cells, fused):
             ):
                 j += 1
         if j - i >= shortest:
-            stages.append(SGURunStage(cells[i:j], i))
+            stages.append(SGURunStage(cells[i:j], i, loop))
             i = j
         else:
             stages.append(CellStage(cells[i], i))

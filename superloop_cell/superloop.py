@@ -226,6 +226,14 @@ class SuperloopCell(keras.layers.Layer):
             run keeps the graph from growing with depth, but its batched
             ops have a fixed cost per step that short runs do not earn
             back. A fused run's states are one state of `depth·units`.
+        layer_loop: How a fused run walks its layers within a step: written
+            out (False: the fewest ops per step) or in a loop over groups of
+            layers (True: the graph, and with it the time to trace and to
+            compile with XLA, does not grow with depth, at some cost per
+            step). `"auto"` (default) loops in runs of more than 32 layers.
+            Compiled training on many sequence shapes (a new shape, a new
+            compilation) gains from True; long training on few shapes from
+            False. Outputs and weights are the same either way.
         trace: Whether the cell's output also carries, per step, what every
             component did (see `trace_layout`, `split_output` and
             `superloop_cell.run_with_traces`): each SGU layer's gate `f`
@@ -266,6 +274,7 @@ class SuperloopCell(keras.layers.Layer):
         control_kernel_initializer="glorot_uniform",
         control_bias_initializer="zeros",
         fused="auto",
+        layer_loop="auto",
         trace=False,
         **kwargs,
     ):
@@ -294,6 +303,9 @@ class SuperloopCell(keras.layers.Layer):
         self.cells = list(cells)
         self.systems = list(systems)
         self.fused = _validation.boolean_or("fused", fused, (AUTO_FUSED,))
+        self.layer_loop = _validation.boolean_or(
+            "layer_loop", layer_loop, (AUTO_FUSED,)
+        )
         self.trace, self._trace_selection = _trace_option(
             trace, self.cells, self.systems
         )
@@ -311,7 +323,7 @@ class SuperloopCell(keras.layers.Layer):
         self.output_size = self.y_size + sum(w for _, w in self.trace_layout)
         # Keras' RNN reads `state_size` when it is constructed, so the stage
         # plan (and with it the state layout) depends on the cells alone.
-        self._stages = plan_stages(self.cells, self.fused)
+        self._stages = plan_stages(self.cells, self.fused, self.layer_loop)
         self.fused_runs = sum(len(stage.cells) > 1 for stage in self._stages)
         # Name scopes of the step, stable across models: `sgu_0`, a fused
         # run `sgu_1_to_31`, `gru_cell`, `register_memory`, `control`, ...
@@ -589,6 +601,7 @@ class SuperloopCell(keras.layers.Layer):
                 self.control_bias_initializer
             ),
             "fused": self.fused,
+            "layer_loop": self.layer_loop,
             "trace": (
                 self.trace
                 if self._trace_selection is None

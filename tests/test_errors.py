@@ -51,6 +51,14 @@ def test_fused_is_checked(bad, error):
         sc.SuperloopCell([sc.SGUCell(3)] * 3, fused=bad)
 
 
+@pytest.mark.parametrize("bad, error", [
+    ("loop", ValueError), (0, TypeError), (None, TypeError)])
+def test_layer_loop_is_checked(bad, error):
+    with pytest.raises(error, match="`layer_loop`: expected True, False or "
+                                    "'auto', got " + re.escape(repr(bad))):
+        sc.SuperloopCell([sc.SGUCell(3)] * 3, layer_loop=bad)
+
+
 @pytest.mark.parametrize("bad, error, message", [
     ("attention/position", TypeError, "list of trace names, got "
                                       "'attention/position'"),

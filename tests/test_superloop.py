@@ -60,16 +60,14 @@ def _loop_runs_deeper_than_4(monkeypatch):
 ])                                      # groups + tail
 def test_fused_equals_unfused_outputs_states_and_gradients(
         monkeypatch, depth, looped):
-    if looped:
-        _loop_runs_deeper_than_4(monkeypatch)
-    else:  # whatever this backend's default
-        monkeypatch.setattr(sgu_run, "UNROLL_UP_TO", 32)
+    if looped:  # layer_loop=True, in groups of 4 layers
+        monkeypatch.setattr(sgu_run, "LAYERS_PER_ITERATION", 4)
     # The fused run has a hand-written gradient: compare it with autodiff of
     # the unfused cells, through the whole loop, for the weights, the input
     # and the initial state.
     make = lambda fused: sc.SuperloopCell(  # noqa: E731
         [sc.SGUCell(5) for _ in range(depth)], [sc.RegisterMemory(2, 3)],
-        fused=fused)
+        fused=fused, layer_loop=looped)
     unfused, fused = make(False), make(True)
     assert fused.fused_runs == 1 and unfused.fused_runs == 0
     m_unfused = rnn_model(unfused, 2, return_sequences=True,
@@ -399,8 +397,10 @@ def test_config_round_trip():
     cell = sc.SuperloopCell(
         [sc.SGUCell(4), keras.layers.GRUCell(3), sc.SGUCell(5)],
         [sc.RegisterMemory(2, 3), sc.Attention(6, 2, clip_position=True)],
-        control_bias_initializer="ones", fused=False, name="loop")
+        control_bias_initializer="ones", fused=False, layer_loop=True,
+        name="loop")
     config = cell.get_config()
+    assert config["layer_loop"] is True
     clone = sc.SuperloopCell.from_config(config)
     assert clone.get_config() == config
     assert [type(c) for c in clone.cells] == [type(c) for c in cell.cells]

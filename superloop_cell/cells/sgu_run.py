@@ -28,7 +28,7 @@ leaves the backward pass fewer passes over these tensors: `1/(1 + |a|)` is
 kernel padded to the width of z, so that one product gives every layer's
 addend `[p_l, 0] + b_l` and the backward products read only the gate half of
 `∂z_l` without slicing it out.
-Runs deeper than `UNROLL_UP_TO` layers (set per backend, below) walk the
+Runs deeper than `UNROLL_UP_TO` layers (any run, with `loop=True`) walk the
 chain in a loop over groups of layers (`_loops.scan`), so the graph does not
 grow with depth either.
 
@@ -60,22 +60,20 @@ from keras import ops
 from superloop_cell import _loops
 from superloop_cell.cells.sgu import CANDIDATE_NEGATIVE_SLOPE, sgu_step
 
-# Runs up to UNROLL_UP_TO layers deep walk their chain written out layer by
-# layer; deeper ones loop over groups of LAYERS_PER_ITERATION layers (written
-# out inside the loop body) plus a written-out tail of `depth % group`
-# layers. A written-out chain has fewer ops per step; a looped one traces and
-# compiles in time that does not grow with the run's depth. TensorFlow's
-# default on a CPU runs the graph op by op (no XLA), where the written-out
-# chain steps faster; JAX always compiles with XLA, where the loop compiles
-# in about half the time and steps no slower (the "layer loop" measurement in
-# benchmarks/RESULTS.md).
-_LAYER_LOOP = {"tensorflow": (32, 8)}  # backend: (UNROLL_UP_TO, group)
-UNROLL_UP_TO, LAYERS_PER_ITERATION = _LAYER_LOOP.get(
-    keras.backend.backend(), (0, 4)
-)
+# With `loop=None`, runs up to UNROLL_UP_TO layers deep walk their chain
+# written out layer by layer and deeper ones loop over groups of
+# LAYERS_PER_ITERATION layers (written out inside the loop body) plus a
+# written-out tail of `depth % group` layers. A written-out chain has fewer
+# ops per step; a looped one traces and compiles in a time that does not grow
+# with the run's depth (the trade is measured in benchmarks/RESULTS.md, "The
+# layer loop"). The group size is per backend: TensorFlow without XLA runs
+# the loop op by op, where larger groups step faster.
+UNROLL_UP_TO = 32
+LAYERS_PER_ITERATION = {"tensorflow": 8}.get(keras.backend.backend(), 4)
 
 
-def sgu_run(x, states, kernel, recurrent_kernel, bias, with_gates=False):
+def sgu_run(x, states, kernel, recurrent_kernel, bias, with_gates=False,
+            loop=None):
     """One step of `depth` stacked SGU layers of `units` each.
 
     Args:
@@ -86,6 +84,9 @@ def sgu_run(x, states, kernel, recurrent_kernel, bias, with_gates=False):
         bias: `(depth, 2·units)`.
         with_gates: Whether to return every layer's gate `f` too (the
             values the forward pass computed; gradients flow through them).
+        loop: Whether to walk the layers in a loop over groups of
+            `LAYERS_PER_ITERATION` (True) or written out (False). None
+            (default): a loop when `depth > UNROLL_UP_TO`.
 
     Returns:
         `(y, new_states)`: the last layer's new `h`, `(batch, units)` (the
@@ -95,12 +96,13 @@ def sgu_run(x, states, kernel, recurrent_kernel, bias, with_gates=False):
         With `with_gates`, `(y, new_states, f)`, `f` of shape
         `(depth, batch, units)`.
     """
+    if loop is None:
+        loop = kernel.shape[0] > UNROLL_UP_TO
+    run = _RUNS[bool(with_gates), bool(loop)]
     if with_gates:
-        y, new_states, s = _sgu_run_with_gates(
-            x, states, kernel, recurrent_kernel, bias
-        )
+        y, new_states, s = run(x, states, kernel, recurrent_kernel, bias)
         return y, new_states, 1.0 - s
-    return _sgu_run(x, states, kernel, recurrent_kernel, bias)
+    return run(x, states, kernel, recurrent_kernel, bias)
 
 
 def _rest(shape):
@@ -166,13 +168,13 @@ def _ungrouped(tensor):
     return ops.reshape(tensor, (n,) + _rest(tensor.shape[2:]))
 
 
-def _split_depth(depth):
+def _split_depth(depth, loop):
     """`(n_groups, group)`: how many layers a loop walks, in what groups."""
     group = LAYERS_PER_ITERATION
-    return (depth // group, group) if depth > UNROLL_UP_TO else (0, group)
+    return (depth // group, group) if loop else (0, group)
 
 
-def _walk_forward(x, hs, kernel, addends):
+def _walk_forward(x, hs, kernel, addends, loop):
     """The forward chain over all layers.
 
     Returns `(y, new_states, inputs, gates, candidates)`: the last layer's
@@ -181,7 +183,7 @@ def _walk_forward(x, hs, kernel, addends):
     every layer's input, `s` and candidate `c` (what the backward pass
     needs)."""
     depth = kernel.shape[0]
-    n_groups, group = _split_depth(depth)
+    n_groups, group = _split_depth(depth, loop)
     looped = n_groups * group
     flat, gates, candidates = [], [], []
     if n_groups:
@@ -236,13 +238,13 @@ def _joined(tensors, axis):
     return tensors[0] if len(tensors) == 1 else ops.concatenate(tensors, axis)
 
 
-def _walk_backward(d_y, ups, kernel, local_derivatives, offsets=None):
+def _walk_backward(d_y, ups, kernel, local_derivatives, offsets, loop):
     """The backward chain over all layers: `(∂x, δ, ∂z)`, δ and ∂z stacked
     along the layer axis, `(depth, batch, units)` and `(depth, batch,
     2·units)`. `d_y` is the gradient at the run's output, `ups` those at
     the new states, `offsets` (optional) what reaches each `∂z` directly."""
     depth = kernel.shape[0]
-    n_groups, group = _split_depth(depth)
+    n_groups, group = _split_depth(depth, loop)
     looped = n_groups * group
     per_layer = (ups, kernel, local_derivatives)
     if offsets is not None:
@@ -277,7 +279,7 @@ def _walk_backward(d_y, ups, kernel, local_derivatives, offsets=None):
     return d_x, _joined(deltas, axis=0), _joined(d_zs, axis=0)
 
 
-def _run(x, states, kernel, recurrent_kernel, bias):
+def _run(x, states, kernel, recurrent_kernel, bias, loop):
     """The forward pass, and its gradient as a function of the upstream
     gradients `(∂y, ∂states, ∂s or None)`."""
     depth, units = kernel.shape[0], kernel.shape[1]
@@ -291,7 +293,7 @@ def _run(x, states, kernel, recurrent_kernel, bias):
         ops.einsum("lbi,lij->lbj", hs, padded_recurrent) + bias[:, None, :]
     )
     y, new_states, inputs, gates, candidates = _walk_forward(
-        x, hs, kernel, addends
+        x, hs, kernel, addends, loop
     )
 
     def grad(d_y, d_states, d_gates=None):
@@ -321,6 +323,7 @@ def _run(x, states, kernel, recurrent_kernel, bias):
             kernel * scale,
             local_derivatives,
             offsets,
+            loop,
         )
 
         # Everything that can wait for the whole chain, all layers at once;
@@ -343,21 +346,24 @@ def _upstream(args, upstream, count):
     return tuple(upstream)
 
 
-@ops.custom_gradient
-def _sgu_run(x, states, kernel, recurrent_kernel, bias):
-    (y, new_states, _), grad = _run(x, states, kernel, recurrent_kernel, bias)
+def _custom_run(with_gates, loop):
+    """`_run` with its hand-written gradient, for one `with_gates`, `loop`."""
+    outputs = 3 if with_gates else 2
 
-    def run_grad(*args, upstream=None):
-        return grad(*_upstream(args, upstream, 2))
+    @ops.custom_gradient
+    def run(x, states, kernel, recurrent_kernel, bias):
+        results, grad = _run(x, states, kernel, recurrent_kernel, bias, loop)
 
-    return (y, new_states), run_grad
+        def run_grad(*args, upstream=None):
+            return grad(*_upstream(args, upstream, outputs))
+
+        return results[:outputs], run_grad
+
+    return run
 
 
-@ops.custom_gradient
-def _sgu_run_with_gates(x, states, kernel, recurrent_kernel, bias):
-    outputs, grad = _run(x, states, kernel, recurrent_kernel, bias)
-
-    def run_grad(*args, upstream=None):
-        return grad(*_upstream(args, upstream, 3))
-
-    return outputs, run_grad
+_RUNS = {
+    (with_gates, loop): _custom_run(with_gates, loop)
+    for with_gates in (False, True)
+    for loop in (False, True)
+}

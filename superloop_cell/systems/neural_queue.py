@@ -1,40 +1,13 @@
 """A differentiable queue (Grefenstette et al. 2015) with a fixed capacity."""
 
 import keras
-from keras import ops
 
-from superloop_cell import _validation
 from superloop_cell.systems import _soft_ops
-from superloop_cell.systems.base import ExternalSystem
-
-
-
-def queue_step(push, pop, value, strengths, values):
-    """One step of the bounded queue: pop, then push, then read.
-
-    Args:
-        push: `d_t`, (batch, 1), in [0, 1].
-        pop: `u_t`, (batch, 1), in [0, 1].
-        value: `v_t`, (batch, width).
-        strengths: `s_{t−1}`, (batch, K), front (oldest) first.
-        values: `V_{t−1}`, (batch, K, width), front first.
-
-    Returns:
-        `(strengths, values, read_weights, read)`: `s_t` (batch, K), `V_t`
-        (batch, K, width), `w_t` (batch, K) and `r_t` (batch, width).
-    """
-    popped = _soft_ops.pop(strengths, pop, _soft_ops.strength_below)
-    # The shift register: the slot at the front is dropped (after the pop,
-    # which may spend on it what it sees) and the new element enters behind.
-    strengths = ops.concatenate([popped[:, 1:], push], axis=-1)
-    values = ops.concatenate([values[:, 1:], value[:, None, :]], axis=1)
-    read_weights = _soft_ops.read_weights(strengths, _soft_ops.strength_below)
-    read = ops.sum(read_weights[:, :, None] * values, axis=1)
-    return strengths, values, read_weights, read
+from superloop_cell.systems._soft_list import SoftList
 
 
 @keras.saving.register_keras_serializable(package="superloop_cell")
-class NeuralQueue(ExternalSystem):
+class NeuralQueue(SoftList):
     """Continuous queue with soft push and pop, after Grefenstette et al.
 
     "Learning to Transduce with Unbounded Memory" (2015), section 3.2
@@ -107,44 +80,4 @@ class NeuralQueue(ExternalSystem):
     >>> cell = SuperloopCell([SGUCell(16)], [NeuralQueue(8, capacity=32)])
     """
 
-    def __init__(self, width, capacity, **kwargs):
-        super().__init__(**kwargs)
-        self.width = _validation.positive_int("width", width)
-        self.capacity = _validation.positive_int("capacity", capacity)
-        self.control_size = self.width + 2
-        self.output_size = self.width
-        self.state_size = [self.capacity, self.capacity * self.width]
-        self.trace_sizes = {
-            "push": 1,
-            "pop": 1,
-            "strengths": self.capacity,
-            "read_weights": self.capacity,
-        }
-
-    def call(self, control, states, training=False, traces=False):
-        push, pop, value = ops.split(control, [1, 2], axis=-1)
-        push, pop, value = ops.sigmoid(push), ops.sigmoid(pop), _soft_ops.tanh(value)
-        strengths, values = states
-        values = ops.reshape(values, (-1, self.capacity, self.width))
-        strengths, values, read_weights, read = queue_step(
-            push, pop, value, strengths, values
-        )
-        new_states = [
-            strengths,
-            ops.reshape(values, (-1, self.capacity * self.width)),
-        ]
-        if not traces:
-            return read, new_states
-        return read, new_states, {
-            "push": push,
-            "pop": pop,
-            "strengths": strengths,
-            "read_weights": read_weights,
-        }
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "width": self.width,
-            "capacity": self.capacity,
-        }
+    cover = staticmethod(_soft_ops.strength_below)

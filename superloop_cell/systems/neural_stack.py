@@ -1,16 +1,13 @@
 """A differentiable stack (Grefenstette et al. 2015) with a fixed capacity."""
 
 import keras
-from keras import ops
 
-from superloop_cell import _validation
 from superloop_cell.systems import _soft_ops
-from superloop_cell.systems.base import ExternalSystem
-
+from superloop_cell.systems._soft_list import SoftList
 
 
 @keras.saving.register_keras_serializable(package="superloop_cell")
-class NeuralStack(ExternalSystem):
+class NeuralStack(SoftList):
     """Continuous stack with soft push and pop, after Grefenstette et al.
 
     "Learning to Transduce with Unbounded Memory" (2015), section 3.1, with
@@ -71,57 +68,4 @@ class NeuralStack(ExternalSystem):
     >>> cell = SuperloopCell([SGUCell(16)], [NeuralStack(8, capacity=32)])
     """
 
-    def __init__(self, width, capacity, **kwargs):
-        super().__init__(**kwargs)
-        self.width = _validation.positive_int("width", width)
-        self.capacity = _validation.positive_int("capacity", capacity)
-        self.control_size = self.width + 2
-        self.output_size = self.width
-        self.state_size = [self.capacity, self.capacity * self.width]
-        self.trace_sizes = {
-            "push": 1,
-            "pop": 1,
-            "strengths": self.capacity,
-            "read_weights": self.capacity,
-        }
-
-    def _step(self, control, states):
-        push = ops.sigmoid(control[:, :1])
-        pop = ops.sigmoid(control[:, 1:2])
-        value = _soft_ops.tanh(control[:, 2:])
-        strengths, values = states
-        values = ops.reshape(values, (-1, self.capacity, self.width))
-
-        popped = _soft_ops.pop(strengths, pop, _soft_ops.strength_above)
-        strengths = ops.concatenate([popped[:, 1:], push], axis=-1)
-        values = ops.concatenate([values[:, 1:], value[:, None, :]], axis=1)
-
-        read_weights = _soft_ops.read_weights(
-            strengths, _soft_ops.strength_above
-        )
-        read = ops.sum(read_weights[:, :, None] * values, axis=1)
-        return {
-            "push": push,
-            "pop": pop,
-            "strengths": strengths,
-            "values": values,
-            "read_weights": read_weights,
-            "read": read,
-        }
-
-    def call(self, control, states, training=False, traces=False):
-        step = self._step(control, states)
-        values = ops.reshape(step["values"], (-1, self.capacity * self.width))
-        new_states = [step["strengths"], values]
-        if traces:
-            return step["read"], new_states, {
-                name: step[name] for name in self.trace_sizes
-            }
-        return step["read"], new_states
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "width": self.width,
-            "capacity": self.capacity,
-        }
+    cover = staticmethod(_soft_ops.strength_above)
