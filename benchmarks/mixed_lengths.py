@@ -30,7 +30,9 @@ same cell with `layer_loop=True`: its fused run walks the layers in a loop,
 which compiles faster), `straightforward` (`benchmarks.baselines`),
 `gru_stack` (`StackedRNNCells` of 32 `GRUCell(16)`);
 `_xla` is `jit_compile=True` on TensorFlow. On JAX every variant is compiled
-(jitted), so there is no `_xla` suffix and no uncompiled variant.
+(jitted), so there is no `_xla` suffix and no uncompiled variant. Without
+`--variants`, the full size runs every default variant (`variants_for`),
+`--quick` five (`QUICK_VARIANTS`).
 """
 
 import argparse
@@ -107,6 +109,21 @@ def variants_for(backend_name):
                     name, model, jit_compile, buckets, default
                 )
     return variants
+
+
+# `--quick` runs fewer variants by default, to stay within minutes: every
+# model on buckets (its best setting at that size), and one run without
+# buckets for the "buckets against none" target (the looped cell compiled on
+# JAX, whose 6 compilations are the shortest; TensorFlow's default cell
+# uncompiled, which traces once for all lengths).
+QUICK_VARIANTS = {
+    "tensorflow": ("superloop/padded", "superloop_xla/buckets",
+                   "superloop_loop_xla/buckets", "straightforward/buckets",
+                   "gru_stack/buckets"),
+    "jax": ("superloop_loop/padded", "superloop/buckets",
+            "superloop_loop/buckets", "straightforward/buckets",
+            "gru_stack/buckets"),
+}
 
 
 def compiled_buckets_name(backend_name, model="superloop"):
@@ -383,6 +400,8 @@ def main(argv=None):
         if unknown or not names:
             parser.error(f"--variants: expected names from "
                          f"{', '.join(known)}, got {args.variants!r}.")
+    elif args.size == "quick":
+        names = list(QUICK_VARIANTS[backend_name])
     else:
         names = [name for name, v in known.items() if v.default]
     results = {

@@ -87,6 +87,23 @@ def test_padded_batches_pad_to_their_longest_with_normalised_weights():
                                rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", backend.BACKENDS)
+def test_quick_variants_exist_and_cover_the_targets(name):
+    known = mixed_lengths.variants_for(name)
+    quick = mixed_lengths.QUICK_VARIANTS[name]
+    assert set(quick) <= set(known)
+    # Every model runs; both project cells are compared with both others.
+    assert {known[v].model for v in quick} == set(mixed_lengths.MODELS)
+    results = {"variants": [
+        {"variant": v, "model": known[v].model, "wall_s": 1.0}
+        for v in quick]}
+    targets = mixed_lengths.target_rows(results, name)
+    assert {t["ours"] for t in targets} == {
+        mixed_lengths.compiled_buckets_name(name, model)
+        for model in mixed_lengths.OURS}
+    assert len(targets) >= 4
+
+
 def test_a_toy_mixed_lengths_run():
     record = mixed_lengths.run_variant(
         "superloop/buckets", mixed_lengths.SIZES["toy"])
