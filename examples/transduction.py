@@ -173,8 +173,9 @@ def train(model, args, label, epochs, steps, check, max_seconds):
     return progress
 
 
-# The initial push/pop control biases of the runs in docs/tasks.md: a queue
-# or deque that pops half of what it pushes from the start did not learn.
+# The initial push/pop control biases of the runs in docs/tasks.md (copy
+# without them, popping half of what it pushed from the start, stayed at
+# chance).
 TASK_GATE_BIAS = {"copy": (2.0, -2.0), "bigram_flip": (2.0, -2.0)}
 
 

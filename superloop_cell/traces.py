@@ -85,14 +85,21 @@ def trace_axis_labels(cell):
         A dict from trace name (`"register_memory/store"`) to the label its
         system declares in `trace_labels` (`"register"`); traces without
         one are left out (`plotting.plot_traces` calls their entries
-        `"slot"`).
+        `"slot"`). A cell that carries a selection of traces
+        (`trace=[...]`) gets labels for those only, so that the dict fits
+        its `split_output`; any other cell, labels for every trace
+        (`run_with_traces` returns them all).
     """
     check_superloop_cell(cell)
-    return {
+    labels = {
         f"{name}/{key}": label
         for name, system in zip(cell.component_names["systems"], cell.systems)
         for key, label in system.trace_labels.items()
     }
+    if cell._trace_selection is not None:  # trace=[...]
+        carried = {name for name, _ in cell.trace_layout}
+        labels = {k: v for k, v in labels.items() if k in carried}
+    return labels
 
 
 def find_superloop_cell(model):

@@ -141,6 +141,23 @@ def test_trace_axis_labels_come_from_the_systems():
         sc.trace_axis_labels(sc.SGUCell(3))
 
 
+def test_trace_axis_labels_of_a_selection_fit_its_output(tmp_path):
+    pytest.importorskip("matplotlib")
+    cell = sc.SuperloopCell(
+        [sc.SGUCell(3)], [sc.RegisterMemory(2, 3), sc.NeuralStack(2, 4)],
+        trace=["register_memory/store", "neural_stack/strengths"])
+    assert sc.trace_axis_labels(cell) == {"register_memory/store": "register"}
+    out = keras.layers.RNN(cell, return_sequences=True)(
+        np.zeros((1, 4, 2), "float32"))
+    _, traces = cell.split_output(keras.ops.convert_to_numpy(out))
+    from superloop_cell.plotting import plot_traces
+
+    # Used to raise: the labels named a trace the output does not carry.
+    path = plot_traces(traces, tmp_path / "some.png",
+                       axis_labels=sc.trace_axis_labels(cell))
+    assert path.stat().st_size > 0
+
+
 def test_group_traces_sorts_gates_heatmaps_and_lines_in_order():
     cell = sc.SuperloopCell(
         [sc.SGUCell(3), sc.SGUCell(3)],
