@@ -13,7 +13,9 @@
 # $OUT/run.log, $OUT/results.json and $OUT/benchmarks.png: the `--reference`
 # plan (depth 32; T 16 and 64; batch 1024 at T 64), a few minutes, with
 # `gru_layers` (32 keras.layers.GRU layers) besides the GRU-cell stack and
-# without `looped_xla` (on JAX the same model as `looped`).
+# without `looped_xla` (on JAX the same model as `looped`); then the
+# mixed-lengths benchmark's quick size ($OUT/mixed_lengths_quick.json and
+# $OUT/mixed_lengths.log).
 set -eu
 
 KERAS_VERSION=3.15.1
@@ -46,6 +48,8 @@ run)
     python3 -m benchmarks.run --reference --backend jax --out "$OUT" \
         --variants looped,unrolled,straightforward,gru_stack,gru_layers,empty \
         2>&1 | tee "$OUT/run.log"
+    python3 -m benchmarks.mixed_lengths --quick --backend jax \
+        --out "$OUT/mixed_lengths_quick.json" 2>&1 | tee "$OUT/mixed_lengths.log"
     ;;
 *)
     echo "usage: sh benchmarks/gpu_run.sh fetch|run (got '${1:-}')" >&2
