@@ -282,17 +282,39 @@ class Curriculum(keras.callbacks.Callback):
 class Progress(keras.callbacks.Callback):
     """Prints one line per epoch: the loss and `check()`'s metrics, and
     keeps them (with the elapsed seconds) in `history`. Stops training
-    once `max_seconds` have passed, or when `done(history)` is true."""
+    once `max_seconds` have passed, or when `done(history)` is true.
 
-    def __init__(self, label, check, max_seconds=None, every=1, done=None):
+    With `score` (a function of an epoch's entry; higher is better, None
+    for an epoch without a check), the weights of the best-scoring epoch
+    (the latest among equals) are put back when training ends, and that
+    epoch is `kept_epoch`."""
+
+    def __init__(self, label, check, max_seconds=None, every=1, done=None,
+                 score=None):
         super().__init__()
         self.done = done
         self.label = label
         self.check = check
         self.max_seconds = max_seconds
         self.every = every
+        self.score = score
         self.history = []
+        self.kept_epoch = None
+        self._best = None
         self.start = time.perf_counter()
+
+    def _keep_if_best(self, entry):
+        score = self.score(entry)
+        if score is not None and (self._best is None
+                                  or score >= self._best[0]):
+            self._best = (score, self.model.get_weights())
+            self.kept_epoch = entry["epoch"]
+
+    def on_train_end(self, logs=None):
+        if self._best is not None:
+            self.model.set_weights(self._best[1])
+            print(f"[{self.label}] kept the weights of epoch "
+                  f"{self.kept_epoch}", flush=True)
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self.start
@@ -303,6 +325,8 @@ class Progress(keras.callbacks.Callback):
         if (epoch + 1) % self.every == 0 or last:
             entry.update(self.check())
         self.history.append(entry)
+        if self.score is not None:
+            self._keep_if_best(entry)
         shown = ", ".join(f"{k} {v}" for k, v in entry.items()
                           if k not in ("epoch",))
         print(f"[{self.label}] epoch {epoch + 1}: {shown}", flush=True)
@@ -345,6 +369,7 @@ def training_record(model, progress, seconds, args, results):
         "parameters": model.count_params(),
         "train_seconds": seconds,
         "epochs_run": epochs,
+        "kept_epoch": progress.kept_epoch,
         "sequences_seen": epochs * args.steps * args.batch_size,
         **results,
         "history": progress.history,

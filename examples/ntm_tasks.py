@@ -157,7 +157,12 @@ def train(model, args, label, epochs, check, max_seconds):
     if args.stop_after:
         done = _tasks.reached(f"val_{max(train_sizes)}_bits", 0.0,
                               args.stop_after, after=args.curriculum)
-    progress = _tasks.Progress(label, check, max_seconds, done=done)
+    # Keeps the epoch with the fewest wrong bits at the longest training
+    # length (never a test-only length).
+    longest = f"val_{max(train_sizes)}_bits"
+    progress = _tasks.Progress(
+        label, check, max_seconds, done=done,
+        score=lambda e: -e[longest] if longest in e else None)
     callbacks.append(progress)
     print(f"{label}: {model.count_params()} parameters; up to {epochs} "
           f"epochs × {args.steps} batches of {args.batch_size}", flush=True)
@@ -284,6 +289,8 @@ def main(argv=None):
                 "Adam, gradient norm clipped at 1, instead of RMSProp",
                 "fresh random batches from padded length buckets; budget "
                 "by wall time",
+                "the weights kept are those of the epoch with the fewest "
+                "wrong bits at the longest training length",
             ],
         },
     }

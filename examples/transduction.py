@@ -165,7 +165,12 @@ def train(model, args, label, epochs, steps, check, max_seconds):
     if args.stop_after:
         done = _tasks.reached("val_short_coarse", 1.0, args.stop_after,
                               after=args.curriculum)
-    progress = _tasks.Progress(label, check, max_seconds, done=done)
+    # Keeps the epoch whose training-length check is best (coarse, then
+    # fine); the test-length check is never looked at.
+    progress = _tasks.Progress(
+        label, check, max_seconds, done=done,
+        score=lambda e: (e["val_short_coarse"], e["val_short_fine"])
+        if "val_short_coarse" in e else None)
     callbacks.append(progress)
     print(f"{label}: {model.count_params()} parameters; up to {epochs} "
           f"epochs × {steps} batches of {args.batch_size}", flush=True)
@@ -299,6 +304,8 @@ def main(argv=None):
                 "batch, padded at the end, loss on the go steps only",
                 f"memory capacity {train_capacity} in training and "
                 f"{test_capacity} in the test (same weights): never full",
+                "the weights kept are those of the epoch with the best "
+                "check on held-out training-length sequences",
             ],
         },
     }

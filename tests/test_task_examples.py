@@ -7,6 +7,7 @@ import json
 import pathlib
 import sys
 
+import keras
 import numpy as np
 import pytest
 
@@ -171,6 +172,23 @@ def test_fresh_batches_are_reproducible_and_bucketed():
 
 # ------------------------------------------------------------ quick runs
 
+def test_progress_puts_back_the_best_epochs_weights():
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    scores = iter([0.2, 0.9, 0.5, 0.9, 0.1])  # best: epoch 4 (latest tie)
+    progress = _tasks.Progress("t", lambda: {"s": next(scores)},
+                               score=lambda e: e.get("s"))
+    progress.set_model(model)
+    kernels = []
+    for epoch in range(5):
+        model.layers[0].kernel.assign([[float(epoch)]])
+        kernels.append(float(epoch))
+        progress.on_epoch_end(epoch, {"loss": 0.0})
+    progress.on_train_end()
+    assert progress.kept_epoch == 4
+    assert float(keras.ops.convert_to_numpy(
+        model.layers[0].kernel)[0, 0]) == kernels[3]
+
+
 def _check_files(out):
     for filename in ("model.keras", "traces.png", "summary.json"):
         assert (out / filename).stat().st_size > 0, filename
@@ -190,6 +208,7 @@ def test_transduction_quick_run(tmp_path):
                     "test_lengths_coarse", "test_lengths_fine"):
             assert 0.0 <= result[key] <= 1.0
             assert key in written[model]
+        assert 1 <= result["kept_epoch"] <= result["epochs_run"]
     assert written["protocol"]["even_lengths_only"]
     assert written["protocol"]["differences"]
 
