@@ -126,14 +126,10 @@ QUICK_VARIANTS = {
 }
 
 
-def compiled_buckets_name(backend_name, model="superloop"):
-    return model + ("_xla" if backend_name == "tensorflow" else "") + (
-        "/buckets")
-
-
-def compiled_padded_name(backend_name, model="superloop"):
-    return model + ("_xla" if backend_name == "tensorflow" else "") + (
-        "/padded")
+def compiled_name(backend_name, model="superloop", buckets=True):
+    """The name of `model`'s compiled variant, on buckets or padded data."""
+    suffix = "_xla" if backend_name == "tensorflow" else ""
+    return f"{model}{suffix}/{DATA[buckets]}"
 
 
 def build_model(variant, depth):
@@ -266,7 +262,7 @@ def target_rows(results, backend_name):
 
     targets = []
     for model in OURS:
-        ours = rows.get(compiled_buckets_name(backend_name, model))
+        ours = rows.get(compiled_name(backend_name, model))
         if ours is None:
             continue
         for label, other, limit in (
@@ -274,7 +270,7 @@ def target_rows(results, backend_name):
             ("straightforward cell, best setting", best("straightforward"),
              0.5),
             ("compiled without buckets",
-             rows.get(compiled_padded_name(backend_name, model)), 0.5),
+             rows.get(compiled_name(backend_name, model, buckets=False)), 0.5),
         ):
             if other is None:
                 continue
@@ -294,7 +290,7 @@ def print_report(results):
 
     backend_name = results["machine"]["backend"]
     gemm = results["gemm"]["gflops_best"]
-    ours = compiled_buckets_name(backend_name)
+    ours = compiled_name(backend_name)
     walls = {r["variant"]: r.get("wall_s") for r in results["variants"]}
 
     def relative(row):

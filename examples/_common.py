@@ -59,6 +59,36 @@ def rounded_accuracy(model, inputs, target):
     return to_float(np.mean(np.round(predicted) == target))
 
 
+class BestWeights:
+    """The weights of the best-scoring epoch so far, to put back at the end.
+
+    `offer(model, score, epoch)` keeps `model`'s weights when `score` (any
+    comparable value; higher is better) beats the best so far, or equals it
+    with `latest_among_equals`, and says whether it did; `score` and `epoch`
+    are then the kept epoch's. `restore(model)` puts the kept weights back.
+    """
+
+    def __init__(self, latest_among_equals=False):
+        self.latest_among_equals = latest_among_equals
+        self.score = None
+        self.epoch = None
+        self._weights = None
+
+    def offer(self, model, score, epoch):
+        if self.score is not None and (
+            score < self.score
+            or (score == self.score and not self.latest_among_equals)
+        ):
+            return False
+        self.score, self.epoch = score, epoch
+        self._weights = model.get_weights()
+        return True
+
+    def restore(self, model):
+        if self._weights is not None:
+            model.set_weights(self._weights)
+
+
 class RoundedAccuracy(keras.callbacks.Callback):
     """Puts `val_rounded_accuracy` in the logs at the end of every epoch.
 
@@ -86,11 +116,17 @@ class RoundedAccuracy(keras.callbacks.Callback):
         self.inputs = inputs
         self.target = target
         self.keep_best = keep_best
-        self.best_accuracy = None
-        self.best_epoch = None
         self.best_seconds = None
-        self._best_weights = None
+        self._best = BestWeights()
         self._clock = Stopwatch()
+
+    @property
+    def best_accuracy(self):
+        return self._best.score
+
+    @property
+    def best_epoch(self):
+        return self._best.epoch
 
     @property
     def _checked_model(self):
@@ -101,16 +137,12 @@ class RoundedAccuracy(keras.callbacks.Callback):
         accuracy = rounded_accuracy(model, self.inputs, self.target)
         if logs is not None:
             logs["val_rounded_accuracy"] = accuracy
-        if self.keep_best and (self.best_accuracy is None
-                               or accuracy > self.best_accuracy):
-            self.best_accuracy, self.best_epoch = accuracy, epoch
+        if self.keep_best and self._best.offer(model, accuracy, epoch):
             self.best_seconds = self._clock.seconds()
-            self._best_weights = model.get_weights()
 
     def restore_best(self):
         """Sets the model's weights to the best epoch's, if one was kept."""
-        if self._best_weights is not None:
-            self._checked_model.set_weights(self._best_weights)
+        self._best.restore(self._checked_model)
 
 
 def compile_with_adam(model, loss, learning_rate, jit_compile="auto"):

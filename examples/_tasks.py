@@ -23,11 +23,14 @@ NTM tasks (Graves et al. 2014, §4.1–4.2), bit vectors:
              the item that followed the queried one is to be output.
 """
 
+import argparse
 import json
 import time
 
 import keras
 import numpy as np
+
+from _common import BestWeights
 
 TRANSDUCTION_TASKS = ("copy", "reversal", "bigram_flip")
 ITEM_VECTORS = 3
@@ -299,20 +302,16 @@ class Progress(keras.callbacks.Callback):
         self.every = every
         self.score = score
         self.history = []
-        self.kept_epoch = None
-        self._best = None
+        self._best = BestWeights(latest_among_equals=True)
         self.start = time.perf_counter()
 
-    def _keep_if_best(self, entry):
-        score = self.score(entry)
-        if score is not None and (self._best is None
-                                  or score >= self._best[0]):
-            self._best = (score, self.model.get_weights())
-            self.kept_epoch = entry["epoch"]
+    @property
+    def kept_epoch(self):
+        return self._best.epoch
 
     def on_train_end(self, logs=None):
-        if self._best is not None:
-            self.model.set_weights(self._best[1])
+        if self.kept_epoch is not None:
+            self._best.restore(self.model)
             print(f"[{self.label}] kept the weights of epoch "
                   f"{self.kept_epoch}", flush=True)
 
@@ -325,8 +324,9 @@ class Progress(keras.callbacks.Callback):
         if (epoch + 1) % self.every == 0 or last:
             entry.update(self.check())
         self.history.append(entry)
-        if self.score is not None:
-            self._keep_if_best(entry)
+        score = None if self.score is None else self.score(entry)
+        if score is not None:
+            self._best.offer(self.model, score, entry["epoch"])
         shown = ", ".join(f"{k} {v}" for k, v in entry.items()
                           if k not in ("epoch",))
         print(f"[{self.label}] epoch {epoch + 1}: {shown}", flush=True)
@@ -353,6 +353,57 @@ def reached(key, value, epochs, after=0):
         return (len(last) == epochs and last[0]["epoch"] > after
                 and all(entry.get(key) == value for entry in last))
     return done
+
+
+def add_training_options(parser, *, units, epochs, learning_rate,
+                         pad_multiple, lstm_layers, curriculum_help,
+                         stop_after_help):
+    """Adds the options both task scripts share: `--quick`, the controller's
+    size, the training schedule and budget, the LSTM baseline. The
+    arguments are the defaults that differ between the scripts, and the
+    help of `--curriculum` and `--stop-after` (what grows, what is
+    checked)."""
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny settings for a smoke test")
+    parser.add_argument("--units", type=int, default=units,
+                        help="units per SGU layer")
+    parser.add_argument("--depth", type=int, default=1, help="SGU layers")
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--steps", type=int, default=100,
+                        help="training batches per epoch")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--buckets", type=int, default=4,
+                        help="length buckets of the training batches")
+    parser.add_argument("--learning-rate", type=float, default=learning_rate)
+    parser.add_argument("--curriculum", type=int, default=5,
+                        help=curriculum_help)
+    parser.add_argument("--stop-after", type=int, default=3,
+                        help=stop_after_help)
+    parser.add_argument("--pad-multiple", type=int, default=pad_multiple,
+                        help="training batches padded to a multiple of this")
+    parser.add_argument("--max-minutes", type=float, default=16.0,
+                        help="stop training after the epoch that passes it")
+    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction,
+                        default=True, help="also train the LSTM baseline")
+    parser.add_argument("--superloop",
+                        action=argparse.BooleanOptionalAction, default=True,
+                        help="train the superloop (--no-superloop: the "
+                        "baseline only, saved as model.keras, no traces)")
+    parser.add_argument("--lstm-units", type=int, default=256)
+    parser.add_argument("--lstm-layers", type=int, default=lstm_layers)
+    parser.add_argument("--baseline-epochs", type=int, default=None,
+                        help="default: --epochs")
+    parser.add_argument("--baseline-max-minutes", type=float, default=None,
+                        help="default: --max-minutes")
+
+
+def parse_task_args(parser, argv):
+    """`parser.parse_args(argv)`, with the default `--out` made one folder
+    per task (`runs/<script>_<task>`)."""
+    args = parser.parse_args(argv)
+    if args.out == parser.get_default("out"):
+        args.out = f"{args.out}_{args.task}"
+    return args
 
 
 def flattened(results):

@@ -173,8 +173,6 @@ def train(model, args, label, epochs, check, max_seconds):
 def parse_args(argv):
     parser = make_parser(TASK, __doc__)
     parser.add_argument("--task", choices=TASKS, default="copy")
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny settings for a smoke test")
     parser.add_argument("--bits", type=int, default=None,
                         help="bits per vector (default: 8 copy, 6 recall)")
     parser.add_argument("--min-length", type=int, default=1)
@@ -189,45 +187,21 @@ def parse_args(argv):
     parser.add_argument("--slots", type=int, default=128)
     parser.add_argument("--mem-width", type=int, default=20)
     parser.add_argument("--read-heads", type=int, default=1)
-    parser.add_argument("--units", type=int, default=100,
-                        help="units per SGU layer")
-    parser.add_argument("--depth", type=int, default=1, help="SGU layers")
-    parser.add_argument("--epochs", type=int, default=1000)
-    parser.add_argument("--steps", type=int, default=100,
-                        help="training batches per epoch")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--buckets", type=int, default=4)
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--location-init",
                         action=argparse.BooleanOptionalAction, default=True,
                         help="start the heads on sharp location addressing "
                         "(write head walking, read heads standing); see "
                         "set_location_bias")
-    parser.add_argument("--curriculum", type=int, default=5,
-                        help="if > 0: the longest training length (items) "
-                        "grows from min + 4 (min + 1) to max over this many "
-                        "epochs (a departure from the paper; 0: none)")
-    parser.add_argument("--stop-after", type=int, default=3,
-                        help="stop once the check at the longest training "
-                        "length has no wrong bit in this many epochs in a "
-                        "row after the curriculum (0: never)")
-    parser.add_argument("--pad-multiple", type=int, default=8,
-                        help="training batches padded to a multiple of this")
-    parser.add_argument("--max-minutes", type=float, default=16.0,
-                        help="stop training after the epoch that passes it")
-    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction,
-                        default=True, help="also train the LSTM baseline")
-    parser.add_argument("--superloop",
-                        action=argparse.BooleanOptionalAction, default=True,
-                        help="train the superloop (--no-superloop: the "
-                        "baseline only, saved as model.keras, no traces)")
-    parser.add_argument("--lstm-units", type=int, default=256)
-    parser.add_argument("--lstm-layers", type=int, default=3)
-    parser.add_argument("--baseline-epochs", type=int, default=None)
-    parser.add_argument("--baseline-max-minutes", type=float, default=None)
-    args = parser.parse_args(argv)
-    if args.out == parser.get_default("out"):  # one folder per task
-        args.out = f"{args.out}_{args.task}"
+    _tasks.add_training_options(
+        parser, units=100, epochs=1000, learning_rate=3e-3, pad_multiple=8,
+        lstm_layers=3,
+        curriculum_help="if > 0: the longest training length (items) grows "
+        "from min + 4 (min + 1) to max over this many epochs (a departure "
+        "from the paper; 0: none)",
+        stop_after_help="stop once the check at the longest training length "
+        "has no wrong bit in this many epochs in a row after the curriculum "
+        "(0: never)")
+    args = _tasks.parse_task_args(parser, argv)
     if args.bits is None:
         args.bits = 8 if args.task == "copy" else 6
     if args.quick:

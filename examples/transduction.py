@@ -188,8 +188,6 @@ def parse_args(argv):
     parser = make_parser(TASK, __doc__)
     parser.add_argument("--task", choices=_tasks.TRANSDUCTION_TASKS,
                         default="reversal")
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny settings for a smoke test")
     parser.add_argument("--vocab", type=int, default=128)
     parser.add_argument("--min-length", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=64)
@@ -198,53 +196,26 @@ def parse_args(argv):
     parser.add_argument("--test-samples", type=int, default=1000)
     parser.add_argument("--embed", type=int, default=32,
                         help="embedding dimensions")
-    parser.add_argument("--units", type=int, default=64,
-                        help="units per SGU layer")
-    parser.add_argument("--depth", type=int, default=1, help="SGU layers")
     parser.add_argument("--width", type=int, default=32,
                         help="values per memory element")
-    parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=100,
-                        help="training batches per epoch")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--buckets", type=int, default=4,
-                        help="length buckets of the training batches")
-    parser.add_argument("--learning-rate", type=float, default=5e-3)
-    parser.add_argument("--curriculum", type=int, default=5,
-                        help="if > 0: the longest training length grows "
-                        "from min + 8 to max over this many epochs (a "
-                        "departure from the paper's uniform 8–64; 0: none)")
     parser.add_argument("--gate-bias", type=float, nargs=2, default=None,
                         metavar=("PUSH", "POP"),
                         help="initial control bias of the memory's push and "
                         "pop logits (default: 2 -2 for copy and bigram_flip, "
                         "0 0 for reversal, as every other control)")
-    parser.add_argument("--stop-after", type=int, default=3,
-                        help="stop once every training-length check "
-                        "sequence is right (coarse 1.0) in this many "
-                        "epochs in a row after the curriculum (0: never)")
-    parser.add_argument("--pad-multiple", type=int, default=16,
-                        help="training batches padded to a multiple of this")
-    parser.add_argument("--max-minutes", type=float, default=16.0,
-                        help="stop training after the epoch that passes it")
     parser.add_argument("--check-samples", type=int, default=100,
                         help="sequences per length range for the per-epoch "
                         "check")
-    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction,
-                        default=True, help="also train the LSTM baseline")
-    parser.add_argument("--superloop",
-                        action=argparse.BooleanOptionalAction, default=True,
-                        help="train the superloop (--no-superloop: the "
-                        "baseline only, saved as model.keras, no traces)")
-    parser.add_argument("--lstm-units", type=int, default=256)
-    parser.add_argument("--lstm-layers", type=int, default=2)
-    parser.add_argument("--baseline-epochs", type=int, default=None,
-                        help="default: --epochs")
-    parser.add_argument("--baseline-max-minutes", type=float, default=None,
-                        help="default: --max-minutes")
-    args = parser.parse_args(argv)
-    if args.out == parser.get_default("out"):  # one folder per task
-        args.out = f"{args.out}_{args.task}"
+    _tasks.add_training_options(
+        parser, units=64, epochs=100, learning_rate=5e-3, pad_multiple=16,
+        lstm_layers=2,
+        curriculum_help="if > 0: the longest training length grows from "
+        "min + 8 to max over this many epochs (a departure from the paper's "
+        "uniform 8–64; 0: none)",
+        stop_after_help="stop once every training-length check sequence is "
+        "right (coarse 1.0) in this many epochs in a row after the "
+        "curriculum (0: never)")
+    args = _tasks.parse_task_args(parser, argv)
     if args.gate_bias is None:
         args.gate_bias = TASK_GATE_BIAS.get(args.task)
     if args.quick:

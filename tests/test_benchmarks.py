@@ -99,7 +99,7 @@ def test_quick_variants_exist_and_cover_the_targets(name):
         for v in quick]}
     targets = mixed_lengths.target_rows(results, name)
     assert {t["ours"] for t in targets} == {
-        mixed_lengths.compiled_buckets_name(name, model)
+        mixed_lengths.compiled_name(name, model)
         for model in mixed_lengths.OURS}
     assert len(targets) >= 4
 
