@@ -4,7 +4,7 @@
     python -m benchmarks.ab --a-rev fe77dc4 --rounds 5 --backend jax
 
 Both sides train the reference model (`SuperloopCell` of `--depth`
-`SGUCell(16)` + `RegisterMemory(4, 8)`, `RNN` → `Dense(1)`, RMSprop, MSE,
+`SGUCell(16)` + `RegisterMemory(registers=4, width=8)`, `RNN` → `Dense(1)`, RMSprop, MSE,
 `train_on_batch`). `--a`/`--b` are comma-separated `key=value` settings:
 `jit_compile`, `unroll` and any `SuperloopCell` argument (`fused=auto`).
 `--a-rev`/`--b-rev` take the package from a git revision instead of the

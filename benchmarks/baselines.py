@@ -3,7 +3,7 @@
 `StraightforwardSuperloopCell` computes the same function as
 
     SuperloopCell([SGUCell(units) for _ in range(depth)],
-                  [RegisterMemory(depth=memory_depth, width=memory_width)])
+                  [RegisterMemory(registers=memory_depth, width=memory_width)])
 
 written the way one would write it first, with `keras.ops` and one weight
 set per layer: for each SGU layer, with `x` its input and `h` its state,
@@ -145,7 +145,7 @@ def check_against_project_cell(depth=3, units=16, steps=5, batch=2, seed=0):
     x = rng.standard_normal((batch, steps, 2)).astype("float32")
     project = SuperloopCell(
         cells=[SGUCell(units) for _ in range(depth)],
-        systems=[RegisterMemory(depth=4, width=8)],
+        systems=[RegisterMemory(registers=4, width=8)],
         fused=False,
     )
     baseline = StraightforwardSuperloopCell(depth, units)

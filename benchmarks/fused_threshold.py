@@ -1,6 +1,6 @@
 """Fused vs unfused SGU runs by depth: where `fused="auto"` draws its line.
 
-Builds the reference model (`SGUCell(16)` layers + `RegisterMemory(4, 8)`,
+Builds the reference model (`SGUCell(16)` layers + `RegisterMemory(registers=4, width=8)`,
 input width 2, `RNN(return_sequences=True)` + `Dense(1)`, RMSprop, MSE) at
 each depth with `fused=True` and `fused=False`, times the first
 `train_on_batch` (build + trace + step) and the median of `--rounds`

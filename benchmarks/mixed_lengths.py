@@ -4,7 +4,7 @@
                                        [--variants NAME,...] [--out FILE]
 
 Each variant trains a fresh 32-layer model (the reference configuration:
-`SuperloopCell` of 32 `SGUCell(16)` + `RegisterMemory(4, 8)`, or a
+`SuperloopCell` of 32 `SGUCell(16)` + `RegisterMemory(registers=4, width=8)`, or a
 comparison cell of the same depth) for one epoch with `model.fit` over the
 same sequences, whose lengths are drawn uniformly from a range (full: 4096
 sequences of 16–512 steps, batch 256; `--quick`: 192 of 16–64, batch 32).

@@ -46,7 +46,7 @@ def jit_setting(jit_compile):
 
 
 def project_cell(depth, units=UNITS, library=None, **cell_kwargs):
-    """`SuperloopCell([SGUCell(units)] * depth, [RegisterMemory(4, 8)])`.
+    """`SuperloopCell([SGUCell(units)] * depth, [RegisterMemory(registers=4, width=8)])`.
 
     Args:
         depth: number of SGU layers.

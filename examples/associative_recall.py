@@ -74,7 +74,7 @@ def make_data(n, pairs, keys, values, rng):
 def build_model(args):
     cell = sc.SuperloopCell(
         [sc.SGUCell(args.units) for _ in range(args.depth)],
-        [sc.RegisterMemory(depth=args.keys + 1, width=args.register_width)],
+        [sc.RegisterMemory(registers=args.keys + 1, width=args.register_width)],
     )
     sequences = keras.Input((None, feature_width(args.keys, args.values)))
     last = keras.layers.RNN(cell)(sequences)
@@ -124,7 +124,7 @@ def main(argv=None):
     model.compile(keras.optimizers.Adam(args.learning_rate, clipnorm=1.0),
                   "sparse_categorical_crossentropy", metrics=["accuracy"])
     print(f"superloop: {args.depth}×SGUCell({args.units}), RegisterMemory("
-          f"depth={args.keys + 1}, width={args.register_width}), "
+          f"registers={args.keys + 1}, width={args.register_width}), "
           f"{model.count_params()} parameters; k = {args.pairs} pairs")
     x_k, target_k, _ = tests["k"]
     model.fit(x, target, batch_size=args.batch_size, epochs=args.epochs,

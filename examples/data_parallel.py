@@ -53,7 +53,7 @@ def build_model(optimizer):
     import superloop_cell as sc
 
     cell = sc.SuperloopCell([sc.SGUCell(8), sc.SGUCell(8)],
-                            [sc.RegisterMemory(2, 4)])
+                            [sc.RegisterMemory(registers=2, width=4)])
     inputs = keras.Input((6, 2))
     outputs = keras.layers.Dense(1)(keras.layers.RNN(
         cell, return_sequences=True)(inputs))

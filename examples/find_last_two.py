@@ -181,7 +181,7 @@ def build_superloop(sizes, seed, like=None):
     """
     if like is None:
         # The head first: its initializers draw their seeds when made.
-        head = sc.HardAttention(POSITIONS, 1, seed=seed)
+        head = sc.HardAttention(positions=POSITIONS, width=1, seed=seed)
         cell = sc.SuperloopCell(
             [sc.SGUCell(sizes.units) for _ in range(sizes.depth)], [head])
     else:
@@ -297,7 +297,7 @@ def main(argv=None):
     compile_with_adam(trainer, walk_loss, args.learning_rate,
                       args.jit_compile)
     print(f"superloop: {len(cell.cells)}×SGUCell({cell.cells[0].units}), "
-          f"HardAttention({POSITIONS}, 1), {sizes.steps} steps, "
+          f"HardAttention(positions={POSITIONS}, width=1), {sizes.steps} steps, "
           f"{model.count_params()} parameters, REINFORCE on the final "
           "position"
           + (f", from {args.initial_model}" if args.initial_model else ""))

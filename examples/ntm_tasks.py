@@ -82,7 +82,7 @@ def input_width(args):
 def build_superloop(args):
     cell = sc.SuperloopCell(
         [sc.SGUCell(args.units) for _ in range(args.depth)],
-        [sc.ContentMemory(args.slots, args.mem_width,
+        [sc.ContentMemory(slots=args.slots, width=args.mem_width,
                           read_heads=args.read_heads)],
     )
     x = keras.Input((None, input_width(args)), name="inputs")
@@ -284,8 +284,8 @@ def main(argv=None):
         if args.location_init:
             set_location_bias(cell)
         label = (f"superloop {args.task}: {args.depth}×SGUCell("
-                 f"{args.units}) + ContentMemory({args.slots}×"
-                 f"{args.mem_width}, {args.read_heads} read head(s))")
+                 f"{args.units}) + ContentMemory(slots={args.slots}, "
+                 f"width={args.mem_width}, read_heads={args.read_heads})")
         progress = train(model, args, label, args.epochs, checker(model),
                          args.max_minutes * 60)
         train_seconds = clock.seconds()

@@ -80,7 +80,7 @@ def _sequence_model(recurrent, symbols, name):
 def build_stack_model(args, capacity):
     cell = sc.SuperloopCell(
         [sc.SGUCell(args.units) for _ in range(args.depth)],
-        [sc.NeuralStack(args.stack_width, capacity=capacity)],
+        [sc.NeuralStack(width=args.stack_width, capacity=capacity)],
     )
     layer = keras.layers.RNN(cell, return_sequences=True)
     return _sequence_model(layer, args.symbols, "superloop"), cell
@@ -160,7 +160,7 @@ def main(argv=None):
     clock = Stopwatch()
     model, cell = build_stack_model(args, capacity)
     train(model, train_data, args,
-          f"superloop: {args.depth}×SGUCell({args.units}), NeuralStack("
+          f"superloop: {args.depth}×SGUCell({args.units}), NeuralStack(width="
           f"{args.stack_width}, capacity={capacity})")
     summary = {"task": TASK, "train_length": args.train_length,
                "test_length": args.test_length}

@@ -68,9 +68,9 @@ def build_model(args):
     """The find-last-two superloop with one system of each kind."""
     cell = sc.SuperloopCell(
         [sc.SGUCell(args.units) for _ in range(args.depth)],
-        [sc.Attention(POSITIONS, 1, falloff="squared", normalize=True,
+        [sc.Attention(positions=POSITIONS, width=1, falloff="squared", normalize=True,
                       clip_position=True),
-         sc.RegisterMemory(depth=4, width=4),
+         sc.RegisterMemory(registers=4, width=4),
          sc.NeuralStack(width=4, capacity=8)],
     )
     steps = keras.Input((args.steps, 0), name="steps")

@@ -137,3 +137,25 @@ def flat_state_sizes(name, state_size):
         f"`{name}.state_size` must be an int or a list of ints (Keras 3 "
         f"cannot carry other state shapes), got {state_size!r}."
     )
+
+
+def keyword_only(owner, args, form):
+    """Raises `TypeError` if `args` (an `__init__`'s `*args`) is not empty.
+
+    Sizes are taken by keyword only, so that no positional call written for
+    another size order silently swaps two of them. `form` is the keyword
+    call to show, e.g. `"RegisterMemory(registers=4, width=8)"`.
+    """
+    if args:
+        raise TypeError(
+            f"{owner} takes its arguments by keyword only, e.g. `{form}`; "
+            f"received {len(args)} positional argument(s): "
+            f"{', '.join(repr(a) for a in args)}."
+        )
+
+
+def required(name, value):
+    """Raises `TypeError` if the keyword argument `name` was not given."""
+    if value is None:
+        raise TypeError(f"Missing required keyword argument `{name}`.")
+    return value

@@ -169,7 +169,7 @@ def initial_state(cell, sequences, contexts=()):
         contexts: One tensor per system that reads a context (those with
             `context_shape`, such as `Attention`), in the order of
             `cell.systems`; a single tensor is accepted when there is one.
-            `Attention(positions, width)` takes `(batch, positions, width)`.
+            `Attention(positions=P, width=W)` takes `(batch, P, W)`.
 
     Returns:
         A list of tensors for `keras.layers.RNN(cell)(sequences,

@@ -254,7 +254,7 @@ class BucketedSequences(keras.utils.PyDataset):
     xs = [rng.normal(size=(n, 2)).astype("float32") for n in lengths]
     ys = [x.sum(axis=1, keepdims=True) for x in xs]
 
-    cell = sc.SuperloopCell([sc.SGUCell(8)], [sc.RegisterMemory(4, 3)])
+    cell = sc.SuperloopCell([sc.SGUCell(8)], [sc.RegisterMemory(registers=4, width=3)])
     inputs = keras.Input((None, 2))
     outputs = keras.layers.Dense(1)(
         keras.layers.RNN(cell, return_sequences=True)(inputs))

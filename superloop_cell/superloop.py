@@ -261,7 +261,7 @@ class SuperloopCell(keras.layers.Layer):
     ```python
     cell = SuperloopCell(
         cells=[SGUCell(16) for _ in range(4)],
-        systems=[RegisterMemory(depth=4, width=8)],
+        systems=[RegisterMemory(registers=4, width=8)],
     )
     y = keras.layers.RNN(cell, return_sequences=True)(keras.Input((None, 2)))
     ```

@@ -120,6 +120,6 @@ def rnn_model(cell, features, steps=None, **rnn_kwargs):
 def sgu_superloop(depth=3, units=6, systems=None, fused=True):
     return sc.SuperloopCell(
         [sc.SGUCell(units) for _ in range(depth)],
-        systems if systems is not None else [sc.RegisterMemory(3, 4)],
+        systems if systems is not None else [sc.RegisterMemory(registers=3, width=4)],
         fused=fused,
     )

@@ -52,7 +52,7 @@ def test_sgu_cell_in_plain_keras_rnn_matches_numpy():
 
 def test_register_memory_matches_numpy_step_by_step():
     depth, width, batch = 4, 3, 5
-    memory = sc.RegisterMemory(depth, width)
+    memory = sc.RegisterMemory(registers=depth, width=width)
     assert memory.control_size == 2 * depth + width
     assert memory.state_size == [depth * width]
     rng = np.random.default_rng(3)
@@ -70,7 +70,7 @@ def test_register_memory_matches_numpy_step_by_step():
 
 def test_register_memory_constructed_case_store_then_recall():
     # One-hot store into register 2, then recall register 2: reads the data.
-    memory = sc.RegisterMemory(depth=3, width=2)
+    memory = sc.RegisterMemory(registers=3, width=2)
     big = 50.0
     store = np.array([[-big, -big, big]])
     recall = np.array([[-big, -big, big]])
@@ -88,7 +88,7 @@ def test_register_memory_constructed_case_store_then_recall():
 def test_attention_matches_numpy_step_by_step(falloff, sharpness, normalize,
                                               clip_position):
     positions, width, batch = 6, 2, 3
-    attention = sc.Attention(positions, width, falloff=falloff,
+    attention = sc.Attention(positions=positions, width=width, falloff=falloff,
                              normalize=normalize, clip_position=clip_position,
                              sharpness=sharpness)
     rng = np.random.default_rng(4)
@@ -117,7 +117,7 @@ def test_attention_matches_numpy_step_by_step(falloff, sharpness, normalize,
 def test_attention_integer_moves_match_numpy_step_by_step(
         falloff, sharpness, normalize, clip_position):
     positions, width, batch = 6, 2, 4
-    attention = sc.Attention(positions, width, falloff=falloff,
+    attention = sc.Attention(positions=positions, width=width, falloff=falloff,
                              sharpness=sharpness, normalize=normalize,
                              clip_position=clip_position, integer_moves=True)
     assert sc.Attention.from_config(attention.get_config()).integer_moves
@@ -142,7 +142,7 @@ def test_attention_integer_moves_match_numpy_step_by_step(
 
 def test_attention_integer_moves_read_one_slot_exactly():
     data = np.array([[[1.0], [5.0], [2.0], [7.0]]], "f4")
-    attention = sc.Attention(4, 1, falloff="gaussian", sharpness=3.0,
+    attention = sc.Attention(positions=4, width=1, falloff="gaussian", sharpness=3.0,
                              normalize=True, integer_moves=True)
     state = [np.zeros((1, 1), "f4"), data.reshape(1, -1)]
     reads = []
@@ -156,7 +156,7 @@ def test_attention_integer_moves_pass_the_soft_gradient_straight_through():
     # At control 0.3 the head does not move (round(0.23) = 0), but the
     # position still receives softsign'(0.3): training can push it.
     data = np.array([[[1.0], [5.0], [2.0], [7.0]]], "f4")
-    attention = sc.Attention(4, 1, integer_moves=True)
+    attention = sc.Attention(positions=4, width=1, integer_moves=True)
     position = np.array([[1.0]], "f4")
     _, (moved, _) = attention(np.full((1, 1), 0.3, "f4"),
                               [position, data.reshape(1, -1)])
@@ -168,7 +168,7 @@ def test_attention_integer_moves_pass_the_soft_gradient_straight_through():
 def test_normalised_gaussian_far_outside_reads_the_nearest_slot():
     # exp(−d²) underflows to 0 for every slot this far away; the weights are
     # computed shifted by the nearest slot, so the read stays finite.
-    attention = sc.Attention(4, 1, falloff="gaussian", sharpness=3.0,
+    attention = sc.Attention(positions=4, width=1, falloff="gaussian", sharpness=3.0,
                              normalize=True)
     data = np.array([[[1.0], [2.0], [3.0], [4.0]]], "f4")
     for start, nearest in ((60.0, 4.0), (-60.0, 1.0)):
@@ -186,7 +186,7 @@ def test_attention_read_gradient_off_reads_the_same_without_gradient():
     control = np.full((1, 1), 0.3, "f4")
     reads = {}
     for flag in (True, False):
-        attention = sc.Attention(4, 1, falloff="gaussian", sharpness=2.0,
+        attention = sc.Attention(positions=4, width=1, falloff="gaussian", sharpness=2.0,
                                  normalize=True, read_gradient=flag)
         assert sc.Attention.from_config(
             attention.get_config()).read_gradient is flag
@@ -221,7 +221,7 @@ def _gradients(attention, position, data):
 
 
 def test_attention_weights_trace_matches_definition():
-    attention = sc.Attention(5, 1, normalize=True)
+    attention = sc.Attention(positions=5, width=1, normalize=True)
     control = np.array([[0.0], [3.0]], "f4")
     data = np.zeros((2, 5), "f4")
     _, _, trace = attention(control, [np.array([[2.0], [1.0]], "f4"), data],
@@ -232,7 +232,7 @@ def test_attention_weights_trace_matches_definition():
 
 
 def test_attention_control_head_walks_forward_untrained():
-    cell = sc.SuperloopCell([sc.SGUCell(4)], [sc.Attention(16, 1)])
+    cell = sc.SuperloopCell([sc.SGUCell(4)], [sc.Attention(positions=16, width=1)])
     cell.build((None, 0))
     k = keras.ops.convert_to_numpy(cell.control_kernel)
     b = keras.ops.convert_to_numpy(cell.control_bias)
@@ -241,7 +241,7 @@ def test_attention_control_head_walks_forward_untrained():
     # With integer moves: bias 1.5, so every control is in [1.5, 1.5 + 0.4]
     # for the 4 units' outputs in (−1, 1): one whole slot per step.
     cell = sc.SuperloopCell([sc.SGUCell(4)],
-                            [sc.Attention(16, 1, integer_moves=True)])
+                            [sc.Attention(positions=16, width=1, integer_moves=True)])
     cell.build((None, 0))
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(cell.control_bias), 1.5)

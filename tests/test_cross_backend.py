@@ -15,12 +15,12 @@ OTHER = {"tensorflow": "jax", "jax": "tensorflow"}
 
 def test_saved_model_predicts_the_same_on_the_other_backend(tmp_path):
     cell = sc.SuperloopCell([sc.SGUCell(6) for _ in range(6)],
-                            [sc.RegisterMemory(2, 3), sc.Attention(4, 1),
-                             sc.NeuralStack(2, 3),
-                             sc.Attention(4, 1, falloff="gaussian",
+                            [sc.RegisterMemory(registers=2, width=3), sc.Attention(positions=4, width=1),
+                             sc.NeuralStack(width=2, capacity=3),
+                             sc.Attention(positions=4, width=1, falloff="gaussian",
                                           sharpness=3.0, normalize=True,
                                           integer_moves=True),
-                             sc.HardAttention(4, 1)], fused=True)
+                             sc.HardAttention(positions=4, width=1)], fused=True)
     seq = keras.Input((None, 2))
     data = keras.Input((4, 1))
     # The three heads walk over the same data.

@@ -27,7 +27,7 @@ def _sequences(lengths, seed=0, features=2, target_shape=(1,)):
 
 def _model(return_sequences=True, masking=False, depth=1):
     cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(depth)],
-                            [sc.RegisterMemory(2, 3)])
+                            [sc.RegisterMemory(registers=2, width=3)])
     inputs = keras.Input((None, 2))
     h = keras.layers.Masking(0.0)(inputs) if masking else inputs
     h = keras.layers.RNN(cell, return_sequences=return_sequences)(h)

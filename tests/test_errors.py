@@ -10,36 +10,58 @@ import pytest
 import superloop_cell as sc
 
 
-@pytest.mark.parametrize("value", [0, -3, 2.5, "4", True, None])
+@pytest.mark.parametrize("value", [0, -3, 2.5, "4", True])
 @pytest.mark.parametrize("make", [
     lambda v: sc.SGUCell(v),
-    lambda v: sc.RegisterMemory(v, 4),
-    lambda v: sc.RegisterMemory(4, v),
-    lambda v: sc.Attention(v, 1),
-    lambda v: sc.Attention(3, v),
-], ids=["SGUCell.units", "RegisterMemory.depth", "RegisterMemory.width",
+    lambda v: sc.RegisterMemory(registers=v, width=4),
+    lambda v: sc.RegisterMemory(registers=4, width=v),
+    lambda v: sc.Attention(positions=v, width=1),
+    lambda v: sc.Attention(positions=3, width=v),
+], ids=["SGUCell.units", "RegisterMemory.registers", "RegisterMemory.width",
         "Attention.positions", "Attention.width"])
 def test_non_positive_or_non_integer_sizes(make, value):
-    with pytest.raises(ValueError, match=r"argument `(units|depth|width|"
+    with pytest.raises(ValueError, match=r"argument `(units|registers|width|"
                                          r"positions)`.*got " +
                                          repr(value).replace(".", r"\.")):
         make(value)
 
 
+@pytest.mark.parametrize("make, form", [
+    (lambda: sc.RegisterMemory(4, 8), "RegisterMemory(registers="),
+    (lambda: sc.Attention(16, 1), "Attention(positions="),
+    (lambda: sc.HardAttention(16, 1), "HardAttention(positions="),
+    (lambda: sc.NeuralStack(8, 32), "NeuralStack(width="),
+    (lambda: sc.NeuralQueue(8, 32), "NeuralQueue(width="),
+    (lambda: sc.NeuralDeQue(8, 32), "NeuralDeQue(width="),
+    (lambda: sc.ContentMemory(16, 8), "ContentMemory(slots="),
+])
+def test_system_sizes_are_keyword_only(make, form):
+    with pytest.raises(TypeError, match=r"keyword only, e\.g\. `"
+                                        + re.escape(form)):
+        make()
+
+
+def test_missing_system_size_names_it():
+    with pytest.raises(TypeError, match="keyword argument `width`"):
+        sc.RegisterMemory(registers=4)
+    with pytest.raises(TypeError, match="keyword argument `capacity`"):
+        sc.NeuralStack(width=4)
+
+
 def test_attention_options_are_checked():
     with pytest.raises(ValueError, match="`falloff`.*'cubic'"):
-        sc.Attention(3, 1, falloff="cubic")
+        sc.Attention(positions=3, width=1, falloff="cubic")
     with pytest.raises(TypeError, match="`normalize`.*'yes'"):
-        sc.Attention(3, 1, normalize="yes")
+        sc.Attention(positions=3, width=1, normalize="yes")
     with pytest.raises(TypeError, match="`read_gradient`.*'no'"):
-        sc.Attention(3, 1, read_gradient="no")
+        sc.Attention(positions=3, width=1, read_gradient="no")
     with pytest.raises(TypeError, match="`integer_moves`.*1"):
-        sc.Attention(3, 1, integer_moves=1)
+        sc.Attention(positions=3, width=1, integer_moves=1)
     for bad in (0, -1.5, float("inf"), float("nan"), "2", True):
         with pytest.raises(ValueError, match="`sharpness`.*positive finite "
                                              "number, got " + re.escape(
                                                  repr(bad))):
-            sc.Attention(3, 1, sharpness=bad)
+            sc.Attention(positions=3, width=1, sharpness=bad)
 
 
 @pytest.mark.parametrize("bad, error", [
@@ -71,12 +93,12 @@ def test_layer_loop_is_checked(bad, error):
 ])
 def test_trace_is_checked(bad, error, message):
     with pytest.raises(error, match="argument `trace`: .*" + message):
-        sc.SuperloopCell([sc.SGUCell(3)], [sc.Attention(4, 1)], trace=bad)
+        sc.SuperloopCell([sc.SGUCell(3)], [sc.Attention(positions=4, width=1)], trace=bad)
 
 
 def test_empty_cells():
     with pytest.raises(ValueError, match="`cells`.*empty list"):
-        sc.SuperloopCell([], [sc.RegisterMemory(2, 2)])
+        sc.SuperloopCell([], [sc.RegisterMemory(registers=2, width=2)])
 
 
 def test_cells_not_a_list():
@@ -87,7 +109,7 @@ def test_cells_not_a_list():
 @pytest.mark.parametrize("bad, message", [
     (keras.layers.Dense(3), r"`cells\[1\]`.*Dense"),
     ("gru", r"`cells\[1\]`.*'gru'"),
-    (sc.RegisterMemory(2, 2), r"`cells\[1\]` is an external system"),
+    (sc.RegisterMemory(registers=2, width=2), r"`cells\[1\]` is an external system"),
     (keras.layers.RNN(sc.SGUCell(2)), r"`cells\[1\]` is a `keras.layers.RNN`"),
 ])
 def test_object_in_cells_that_is_not_a_cell(bad, message):
@@ -150,7 +172,7 @@ def test_input_of_wrong_rank(shape):
 
 
 def test_feature_width_differs_from_build():
-    cell = sc.SuperloopCell([sc.SGUCell(3)], [sc.RegisterMemory(2, 2)])
+    cell = sc.SuperloopCell([sc.SGUCell(3)], [sc.RegisterMemory(registers=2, width=2)])
     layer = keras.layers.RNN(cell)
     layer(np.zeros((1, 2, 3), "float32"))
     with pytest.raises(ValueError, match="built for inputs with 3 features, "
@@ -163,7 +185,7 @@ def test_feature_width_differs_from_build():
 # anything is computed.
 
 def test_non_float_input():
-    cell = sc.SuperloopCell([sc.SGUCell(3)], [sc.RegisterMemory(2, 2)])
+    cell = sc.SuperloopCell([sc.SGUCell(3)], [sc.RegisterMemory(registers=2, width=2)])
     with pytest.raises(TypeError, match="floating-point inputs.*int32"):
         keras.layers.RNN(cell)(np.zeros((1, 2, 2), "int32"))
     inp = keras.Input((None, 2), dtype="int32")
@@ -173,14 +195,14 @@ def test_non_float_input():
 
 
 def test_attention_data_missing():
-    cell = sc.SuperloopCell([sc.SGUCell(3)], [sc.Attention(4, 1)])
+    cell = sc.SuperloopCell([sc.SGUCell(3)], [sc.Attention(positions=4, width=1)])
     with pytest.raises(ValueError, match=r"`systems\[0\]` \(Attention\) "
                                          r"reads per-sample data"):
         keras.layers.RNN(cell)(np.zeros((1, 3, 2), "float32"))
 
 
 def test_attention_data_count_wrong():
-    cell = sc.SuperloopCell([sc.SGUCell(3)], [sc.Attention(4, 1)])
+    cell = sc.SuperloopCell([sc.SGUCell(3)], [sc.Attention(positions=4, width=1)])
     seq = keras.Input((None, 2))
     with pytest.raises(ValueError, match="`contexts`.*1 context.*0 were"):
         sc.initial_state(cell, seq, [])
@@ -188,7 +210,7 @@ def test_attention_data_count_wrong():
 
 @pytest.mark.parametrize("shape", [(4,), (5, 1), (4, 2), (4, 1, 1)])
 def test_attention_data_of_wrong_shape(shape):
-    cell = sc.SuperloopCell([sc.SGUCell(3)], [sc.Attention(4, 1)])
+    cell = sc.SuperloopCell([sc.SGUCell(3)], [sc.Attention(positions=4, width=1)])
     seq = keras.Input((None, 2))
     with pytest.raises(ValueError, match=r"context of `systems\[0\] "
                                          r"\(Attention\)` must have shape "
@@ -197,7 +219,7 @@ def test_attention_data_of_wrong_shape(shape):
 
 
 def test_attention_data_of_wrong_shape_eager():
-    cell = sc.SuperloopCell([sc.SGUCell(3)], [sc.Attention(4, 1)])
+    cell = sc.SuperloopCell([sc.SGUCell(3)], [sc.Attention(positions=4, width=1)])
     with pytest.raises(ValueError, match=r"received shape \(2, 3, 1\)"):
         sc.initial_state(cell, np.zeros((2, 5, 2), "float32"),
                          np.zeros((2, 3, 1), "float32"))

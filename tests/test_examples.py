@@ -205,7 +205,7 @@ def test_find_last_two_goes_on_from_a_saved_model(tmp_path):
         find_last_two.main(argv + ["--epochs", "-1"])
     # A model with the soft `Attention` head of earlier versions is refused.
     sc = find_last_two.sc
-    soft = sc.SuperloopCell([sc.SGUCell(4)], [sc.Attention(16, 1)])
+    soft = sc.SuperloopCell([sc.SGUCell(4)], [sc.Attention(positions=16, width=1)])
     steps, data = keras.Input((6, 0)), keras.Input((16, 1))
     outputs = keras.layers.RNN(soft)(
         steps, initial_state=sc.initial_state(soft, steps, data))

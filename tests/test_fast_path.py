@@ -12,7 +12,7 @@ def _train_graph_size(depth, fused=True):
     """Ops in the traced gradient step: TensorFlow graph nodes (with its
     function library), or JAX equations (with every sub-jaxpr)."""
     cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(depth)],
-                            [sc.RegisterMemory(2, 2)], fused=fused)
+                            [sc.RegisterMemory(registers=2, width=2)], fused=fused)
     layer = keras.layers.RNN(cell, return_sequences=True)
     layer(np.zeros((1, 2, 2), "float32"))
     if TENSORFLOW:
@@ -77,7 +77,7 @@ def test_fit_on_padded_dataset_traces_per_backend():
     import tensorflow as tf
 
     cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(6)],
-                            [sc.RegisterMemory(2, 3)], fused=True)
+                            [sc.RegisterMemory(registers=2, width=3)], fused=True)
     inp = keras.Input((None, 2))
     out = keras.layers.Dense(1)(keras.layers.RNN(
         cell, return_sequences=True)(inp))

@@ -27,7 +27,7 @@ def _states(batch, positions, width, rng):
 
 def test_greedy_steps_match_numpy():
     rng = np.random.default_rng(0)
-    head = sc.HardAttention(5, 2)
+    head = sc.HardAttention(positions=5, width=2)
     states = _states(6, 5, 2, rng)
     ref = [s.astype(np.float64) for s in states[:3]]
     data = states[4].reshape(6, 5, 2).astype(np.float64)
@@ -45,7 +45,7 @@ POLICY = np.array([0.2, 0.3, 0.5])
 
 
 def test_sampled_moves_follow_the_policy_and_are_scored():
-    head = sc.HardAttention(7, 1, seed=3)
+    head = sc.HardAttention(positions=7, width=1, seed=3)
     n = 20000
     logits = np.log(POLICY[None].astype("f4")).repeat(n, axis=0)
     start = np.full((n, 1), 3.0, "f4")
@@ -76,7 +76,7 @@ def test_sampled_moves_follow_the_policy_and_are_scored():
 
 
 def test_gradient_reaches_the_controls_only_through_log_prob_and_entropy():
-    head = sc.HardAttention(4, 1)
+    head = sc.HardAttention(positions=4, width=1)
     rng = np.random.default_rng(1)
     states = _states(3, 4, 1, rng)
     control = rng.normal(size=(3, 3)).astype("f4")
@@ -116,7 +116,7 @@ def test_reinforce_loss_matches_numpy_and_favours_better_walks():
 
 def test_untrained_head_walks_forward_and_trains_under_fit():
     keras.utils.set_random_seed(4)
-    cell = sc.SuperloopCell([sc.SGUCell(4)], [sc.HardAttention(6, 1, seed=4)])
+    cell = sc.SuperloopCell([sc.SGUCell(4)], [sc.HardAttention(positions=6, width=1, seed=4)])
     steps = keras.Input((5, 0))
     data = keras.Input((6, 1))
     _, *final = keras.layers.RNN(cell, return_state=True)(
@@ -143,24 +143,24 @@ def test_untrained_head_walks_forward_and_trains_under_fit():
 
 
 def test_config_round_trip_and_bad_arguments():
-    head = sc.HardAttention(9, 2, forward_bias=1.5, seed=7)
+    head = sc.HardAttention(positions=9, width=2, forward_bias=1.5, seed=7)
     clone = sc.HardAttention.from_config(head.get_config())
     assert (clone.positions, clone.width, clone.forward_bias, clone.seed) == (
         9, 2, 1.5, 7)
     assert head.state_size == [1, 1, 1, 4, 18] and head.control_size == 3
     assert head.key_state == 3
     with pytest.raises(ValueError, match="`positions`.*0"):
-        sc.HardAttention(0, 1)
+        sc.HardAttention(positions=0, width=1)
     with pytest.raises(TypeError, match="`forward_bias`.*'2'"):
-        sc.HardAttention(3, 1, forward_bias="2")
+        sc.HardAttention(positions=3, width=1, forward_bias="2")
     with pytest.raises(ValueError, match="`forward_bias`.*finite.*inf"):
-        sc.HardAttention(3, 1, forward_bias=float("inf"))
+        sc.HardAttention(positions=3, width=1, forward_bias=float("inf"))
     with pytest.raises(TypeError, match="`seed`.*1.5"):
-        sc.HardAttention(3, 1, seed=1.5)
+        sc.HardAttention(positions=3, width=1, seed=1.5)
 
 
 def test_traces_follow_the_greedy_walk():
-    cell = sc.SuperloopCell([sc.SGUCell(4)], [sc.HardAttention(6, 1)])
+    cell = sc.SuperloopCell([sc.SGUCell(4)], [sc.HardAttention(positions=6, width=1)])
     steps = keras.Input((9, 0))
     data = keras.Input((6, 1))
     _, *final = keras.layers.RNN(cell, return_state=True)(
@@ -184,7 +184,7 @@ def test_traces_follow_the_greedy_walk():
 
 
 def _walker(seed):
-    cell = sc.SuperloopCell([sc.SGUCell(4)], [sc.HardAttention(6, 1,
+    cell = sc.SuperloopCell([sc.SGUCell(4)], [sc.HardAttention(positions=6, width=1,
                                                               seed=seed)])
     steps = keras.Input((8, 0))
     data = keras.Input((6, 1))
@@ -221,7 +221,7 @@ def test_a_fixed_seed_repeats_the_sampled_walks_and_each_batch_is_fresh():
 
 def test_sampled_steps_match_numpy_gumbel_max_on_the_key():
     rng = np.random.default_rng(13)
-    head = sc.HardAttention(5, 2)
+    head = sc.HardAttention(positions=5, width=2)
     states = _states(16, 5, 2, rng)
     ref = [s.astype(np.float64) for s in states[:3]]
     key = states[3].astype(np.float64)

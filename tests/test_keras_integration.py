@@ -14,7 +14,7 @@ ATOL = 1e-5
 
 def _cell():
     return sc.SuperloopCell([sc.SGUCell(4), sc.SGUCell(4)],
-                            [sc.RegisterMemory(2, 3)])
+                            [sc.RegisterMemory(registers=2, width=3)])
 
 
 def _data(batch=8, steps=5, seed=0):
@@ -62,7 +62,7 @@ def test_mixed_precision_trains_with_finite_losses():
     keras.config.set_dtype_policy(policy)
     try:
         cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(3)],
-                                [sc.RegisterMemory(2, 3), sc.NeuralStack(2, 3)],
+                                [sc.RegisterMemory(registers=2, width=3), sc.NeuralStack(width=2, capacity=3)],
                                 fused=True)
         inp = keras.Input((None, 2))
         rnn = keras.layers.RNN(cell, return_sequences=True)(inp)

@@ -124,9 +124,9 @@ def memory_row(write_head, erase, add, read_heads):
 
 
 SYSTEMS = {
-    "queue": lambda: NeuralQueue(2, 3),
-    "deque": lambda: NeuralDeQue(2, 3),
-    "memory": lambda: ContentMemory(4, 2, read_heads=2),
+    "queue": lambda: NeuralQueue(width=2, capacity=3),
+    "deque": lambda: NeuralDeQue(width=2, capacity=3),
+    "memory": lambda: ContentMemory(slots=4, width=2, read_heads=2),
 }
 
 
@@ -140,7 +140,7 @@ SYSTEMS = {
 ])
 def test_queue_matches_reference(width, capacity, steps, random_start):
     batch = 3
-    queue = NeuralQueue(width, capacity)
+    queue = NeuralQueue(width=width, capacity=capacity)
     assert queue.control_size == width + 2
     assert queue.output_size == width
     assert queue.state_size == [capacity, capacity * width]
@@ -187,7 +187,7 @@ def test_queue_matches_reference(width, capacity, steps, random_start):
 ])
 def test_deque_matches_reference(width, capacity, steps, random_start):
     batch = 3
-    deque = NeuralDeQue(width, capacity)
+    deque = NeuralDeQue(width=width, capacity=capacity)
     assert deque.control_size == 2 * width + 4
     assert deque.output_size == 2 * width
     assert deque.state_size == [2 * capacity, 2 * capacity * width]
@@ -240,7 +240,7 @@ def test_deque_matches_reference(width, capacity, steps, random_start):
 def test_content_memory_matches_reference(slots, width, read_heads,
                                           random_start):
     batch, steps = 3, 4
-    memory = ContentMemory(slots, width, read_heads=read_heads)
+    memory = ContentMemory(slots=slots, width=width, read_heads=read_heads)
     assert memory.control_size == 3 * width + 6 + read_heads * (width + 6)
     assert memory.output_size == read_heads * width
     assert memory.state_size == [slots * width] + [slots] * (1 + read_heads)
@@ -275,7 +275,7 @@ def test_content_memory_matches_reference(slots, width, read_heads,
 
 
 def test_content_memory_initial_state():
-    memory = ContentMemory(3, 2, read_heads=2)
+    memory = ContentMemory(slots=3, width=2, read_heads=2)
     states = memory.get_initial_state(4)
     assert len(states) == 4
     for state, size in zip(states, memory.state_size):
@@ -298,7 +298,7 @@ def test_queue_push_a_push_b_pop_reads_a_then_b():
         queue_row(BIG, -BIG, b),
         queue_row(-BIG, BIG, np.array([0.9, 0.9])),  # pop, push nothing
     ])
-    reads, traces, _ = run(NeuralQueue(2, 4), controls)
+    reads, traces, _ = run(NeuralQueue(width=2, capacity=4), controls)
     np.testing.assert_allclose(reads[:, 0], [a, a, b], atol=ATOL)
     np.testing.assert_allclose(traces[2]["strengths"][0], [0, 0, 1, 0],
                                atol=ATOL)
@@ -315,7 +315,7 @@ def test_queue_fractional_push_and_pop_by_hand():
         queue_row(logit(0.5), -BIG, b),
         queue_row(-BIG, logit(0.9), np.array([0.7])),
     ])
-    reads, traces, _ = run(NeuralQueue(1, 3), controls)
+    reads, traces, _ = run(NeuralQueue(width=1, capacity=3), controls)
     np.testing.assert_allclose(
         reads[:, 0, 0], [0.8 * a[0], 0.8 * a[0] + 0.2 * b[0], 0.4 * b[0]],
         atol=ATOL)
@@ -325,7 +325,7 @@ def test_queue_fractional_push_and_pop_by_hand():
 
 def test_queue_on_empty_reads_zeros():
     controls = np.stack([queue_row(-BIG, BIG, np.array([0.5, -0.5]))] * 3)
-    reads, traces, _ = run(NeuralQueue(2, 2), controls)
+    reads, traces, _ = run(NeuralQueue(width=2, capacity=2), controls)
     np.testing.assert_allclose(reads, 0.0, atol=ATOL)
     np.testing.assert_allclose(traces[-1]["strengths"], 0.0, atol=ATOL)
 
@@ -339,7 +339,7 @@ def test_queue_capacity_drops_the_front(capacity, expected):
     idle = queue_row(-BIG, -BIG, np.array([0.9]))
     controls = np.stack([queue_row(BIG, -BIG, a), queue_row(BIG, -BIG, b),
                          idle, idle])
-    reads, _, _ = run(NeuralQueue(1, capacity), controls)
+    reads, _, _ = run(NeuralQueue(width=1, capacity=capacity), controls)
     wanted = {"a": a[0], "b": b[0], "0": 0.0}
     np.testing.assert_allclose(reads[:, 0, 0], [wanted[c] for c in expected],
                                atol=ATOL)
@@ -355,7 +355,7 @@ def test_queue_pop_consumes_the_front_before_it_is_dropped(capacity):
         queue_row(BIG, -BIG, a), queue_row(BIG, -BIG, b),
         queue_row(BIG, BIG, c), queue_row(-BIG, BIG, np.array([0.1])),
     ])
-    reads, _, _ = run(NeuralQueue(1, capacity), controls)
+    reads, _, _ = run(NeuralQueue(width=1, capacity=capacity), controls)
     np.testing.assert_allclose(reads[:, 0, 0], [a[0], a[0], b[0], c[0]],
                                atol=ATOL)
 
@@ -374,7 +374,7 @@ def test_deque_pushes_and_pops_at_both_ends():
         deque_row(-BIG, -BIG, -BIG, BIG, z, z),  # pop bottom: b a
         deque_row(-BIG, BIG, -BIG, BIG, z, z),  # pop both: empty
     ])
-    outputs, traces, _ = run(NeuralDeQue(2, 8), controls)
+    outputs, traces, _ = run(NeuralDeQue(width=2, capacity=8), controls)
     np.testing.assert_allclose(outputs[:, 0, :2], [a, c, a, a, z], atol=ATOL)
     np.testing.assert_allclose(outputs[:, 0, 2:], [b, e, e, b, z], atol=ATOL)
     np.testing.assert_allclose(traces[-1]["strengths"], 0.0, atol=ATOL)
@@ -388,7 +388,7 @@ def test_deque_pushed_at_the_top_and_popped_at_the_bottom_is_a_queue():
         deque_row(BIG, -BIG, -BIG, -BIG, b, z),
         deque_row(-BIG, -BIG, -BIG, BIG, z, z),
     ])
-    outputs, _, _ = run(NeuralDeQue(1, 4), controls)
+    outputs, _, _ = run(NeuralDeQue(width=1, capacity=4), controls)
     np.testing.assert_allclose(outputs[:, 0, 1], [a[0], a[0], b[0]],
                                atol=ATOL)  # the bottom read
     np.testing.assert_allclose(outputs[:, 0, 0], [a[0], b[0], b[0]],
@@ -405,7 +405,7 @@ def test_deque_fractional_pops_by_hand():
         deque_row(logit(0.7), -BIG, logit(0.6), -BIG, a, b),
         deque_row(-BIG, logit(0.9), -BIG, logit(0.3), z, z),
     ])
-    outputs, traces, _ = run(NeuralDeQue(1, 3), controls)
+    outputs, traces, _ = run(NeuralDeQue(width=1, capacity=3), controls)
     # Step 1: top reads 0.7·a + 0.3·b, bottom 0.6·b + 0.4·a.
     np.testing.assert_allclose(outputs[0, 0],
                                [0.7 * a[0] + 0.3 * b[0],
@@ -428,7 +428,7 @@ def test_deque_capacity_drops_the_middle(capacity, top_read):
         deque_row(-BIG, -BIG, BIG, -BIG, z, b),
         deque_row(-BIG, -BIG, -BIG, -BIG, z, z),
     ])
-    outputs, _, _ = run(NeuralDeQue(1, capacity), controls)
+    outputs, _, _ = run(NeuralDeQue(width=1, capacity=capacity), controls)
     wanted = {"a": a[0], "b": b[0]}
     np.testing.assert_allclose(outputs[:, 0, 0], [a[0], a[0],
                                                   wanted[top_read]],
@@ -452,7 +452,7 @@ def test_content_memory_writes_then_finds_the_row_by_its_key():
     k, v = np.array([0.8, 0.0]), np.array([-0.5, 0.6])
     rows = np.array([[0.0, 0.5, 0.3, -0.2], [0.0, -0.7, 0.1, 0.4],
                      [0.0, 0.2, 0.1, 0.1], [-0.6, 0.0, 0.2, 0.2]], "f4")
-    memory = ContentMemory(4, 4)
+    memory = ContentMemory(slots=4, width=4)
     states = [rows.reshape(1, -1), one_hot(2, 4)[None], one_hot(0, 4)[None]]
     stay = head_logits(np.zeros(4))
     keep = np.full(4, -BIG)  # erase nothing
@@ -476,7 +476,7 @@ def test_content_memory_writes_then_finds_the_row_by_its_key():
 def test_content_memory_similarity_has_the_epsilon():
     # K(u, v) = u·v / (‖u‖·‖v‖ + 1e-8): a row of norm 1e-8 along the key
     # has K = 1/2, not 1; an orthogonal row K = 0.
-    memory = ContentMemory(2, 2)
+    memory = ContentMemory(slots=2, width=2)
     states = [np.array([[1e-8, 0.0, 0.0, 1.0]], "f4"),
               one_hot(0, 2)[None], one_hot(0, 2)[None]]
     beta = 4.0
@@ -492,7 +492,7 @@ def test_content_memory_similarity_has_the_epsilon():
 
 def test_content_memory_shift_moves_the_weights_by_one_slot():
     slots = 5
-    memory = ContentMemory(slots, 2)
+    memory = ContentMemory(slots=slots, width=2)
     rng = np.random.default_rng(12)
     rows = rng.uniform(-1, 1, (1, 2 * slots)).astype("f4")
     step = stepper(memory)
@@ -510,7 +510,7 @@ def test_content_memory_shift_moves_the_weights_by_one_slot():
 
 def test_content_memory_gamma_sharpens():
     previous = np.array([0.1, 0.2, 0.3, 0.4], "f4")
-    memory = ContentMemory(4, 2)
+    memory = ContentMemory(slots=4, width=2)
     states = [np.zeros((1, 8), "f4"), previous[None], previous[None]]
     stay = head_logits(np.zeros(2))
     step, peaks = stepper(memory), []
@@ -530,7 +530,7 @@ def test_content_memory_gamma_sharpens():
 def test_content_memory_huge_gamma_gives_one_hot_not_zeros():
     # γ ≈ 1e4: written literally, every w̃^γ underflows to 0.
     previous = np.array([0.3, 0.45, 0.25], "f4")
-    memory = ContentMemory(3, 2)
+    memory = ContentMemory(slots=3, width=2)
     states = [np.zeros((1, 6), "f4"), previous[None], previous[None]]
     head = head_logits(np.zeros(2), gamma=HUGE)
     control = memory_row(head, np.full(2, -BIG), np.zeros(2), [head])
@@ -567,7 +567,7 @@ def test_strength_invariants_over_random_runs(name):
 
 
 def test_content_memory_weights_are_distributions():
-    memory = ContentMemory(5, 3, read_heads=2)
+    memory = ContentMemory(slots=5, width=3, read_heads=2)
     rng = np.random.default_rng(7)
     reads, traces, states = run(memory, mixed_controls(rng, 15, 6,
                                                        memory.control_size))
@@ -670,9 +670,9 @@ def _memory_reference_loss(slots, width, read_heads):
 @pytest.mark.parametrize("name", ["queue", "deque", "memory"])
 def test_gradient_matches_finite_differences_of_the_reference(name):
     system, reference_loss = {
-        "queue": (NeuralQueue(2, 2), _queue_reference_loss(2, 2)),
-        "deque": (NeuralDeQue(1, 2), _deque_reference_loss(2, 1)),
-        "memory": (ContentMemory(3, 2), _memory_reference_loss(3, 2, 1)),
+        "queue": (NeuralQueue(width=2, capacity=2), _queue_reference_loss(2, 2)),
+        "deque": (NeuralDeQue(width=1, capacity=2), _deque_reference_loss(2, 1)),
+        "memory": (ContentMemory(slots=3, width=2), _memory_reference_loss(3, 2, 1)),
     }[name]
     # 4 steps > capacity 2: the queue and deque drop elements. 2 steps of
     # the memory go through every state.
@@ -763,7 +763,7 @@ def test_superloop_collects_the_traces(name):
 
 
 def test_superloop_starts_from_the_systems_initial_state():
-    memory = ContentMemory(3, 2)
+    memory = ContentMemory(slots=3, width=2)
     cell = sc.SuperloopCell([sc.SGUCell(4)], [memory])
     states = cell.get_initial_state(2)
     got = [_np(s) for s in cell.system_states(states, 0)]
@@ -809,7 +809,11 @@ def test_config_round_trip(cls, kwargs):
 ])
 def test_bad_arguments_raise_naming_the_argument(cls, kwargs, argument):
     cls(**kwargs)  # the defaults are fine
-    for bad in [0, -1, 2.5, "3", True, None]:
+    for bad in [0, -1, 2.5, "3", True]:
         pattern = f"`{argument}`.*{re.escape(repr(bad))}"
         with pytest.raises(ValueError, match=pattern):
             cls(**{**kwargs, argument: bad})
+    # A size left out (None) is a missing keyword argument.
+    error = ValueError if argument == "read_heads" else TypeError
+    with pytest.raises(error, match=f"`{argument}`"):
+        cls(**{**kwargs, argument: None})

@@ -91,7 +91,7 @@ def run(stack, controls, states=None):
 @pytest.mark.parametrize("width,capacity", [(3, 4), (1, 1), (2, 6)])
 def test_matches_numpy_step_by_step(width, capacity):
     batch = 3
-    stack = NeuralStack(width, capacity)
+    stack = NeuralStack(width=width, capacity=capacity)
     assert stack.control_size == width + 2
     assert stack.output_size == width
     assert stack.state_size == [capacity, capacity * width]
@@ -119,7 +119,7 @@ def test_matches_numpy_step_by_step(width, capacity):
 
 
 def test_trace_shapes():
-    stack = NeuralStack(3, 5)
+    stack = NeuralStack(width=3, capacity=5)
     control = np.zeros((2, 5), "f4")
     _, _, trace = stack(control, stack.get_initial_state(2), traces=True)
     assert {k: tuple(v.shape) for k, v in trace.items()} == {
@@ -137,7 +137,7 @@ def test_push_a_push_b_pop_reads_a():
         control_row(BIG, -BIG, b),
         control_row(-BIG, BIG, np.array([0.9, 0.9])),  # pop, push nothing
     ])
-    reads, traces, _ = run(NeuralStack(2, 4), controls)
+    reads, traces, _ = run(NeuralStack(width=2, capacity=4), controls)
     np.testing.assert_allclose(reads[0, 0], a, atol=ATOL)
     np.testing.assert_allclose(reads[1, 0], b, atol=ATOL)
     np.testing.assert_allclose(reads[2, 0], a, atol=ATOL)
@@ -147,14 +147,14 @@ def test_push_a_push_b_pop_reads_a():
 
 def test_pop_on_empty_stack_reads_zeros():
     controls = np.stack([control_row(-BIG, BIG, np.array([0.5, -0.5]))] * 2)
-    reads, traces, _ = run(NeuralStack(2, 3), controls)
+    reads, traces, _ = run(NeuralStack(width=2, capacity=3), controls)
     np.testing.assert_allclose(reads, 0.0, atol=ATOL)
     np.testing.assert_allclose(traces[-1]["strengths"], 0.0, atol=ATOL)
 
 
 def test_push_with_strength_one_reads_the_value():
     value = np.array([0.3, -0.6, 0.9])
-    reads, traces, _ = run(NeuralStack(3, 2),
+    reads, traces, _ = run(NeuralStack(width=3, capacity=2),
                            control_row(BIG, 0.0, value)[None])
     np.testing.assert_allclose(reads[0, 0], value, atol=ATOL)
     np.testing.assert_allclose(traces[0]["read_weights"][0], [0, 1],
@@ -170,7 +170,7 @@ def test_fractional_push_and_pop_by_hand():
         control_row(logit(0.5), -BIG, b),
         control_row(-BIG, logit(0.9), np.array([0.7])),
     ])
-    reads, traces, _ = run(NeuralStack(1, 3), controls)
+    reads, traces, _ = run(NeuralStack(width=1, capacity=3), controls)
     np.testing.assert_allclose(reads[:, 0, 0],
                                [0.8 * a[0], 0.5 * b[0] + 0.5 * a[0],
                                 0.4 * a[0]], atol=ATOL)
@@ -184,7 +184,7 @@ def test_capacity_bounds_steps_remembered():
     capacity, value = 4, np.array([0.5])
     idle = control_row(-BIG, -BIG, np.array([0.9]))
     controls = np.stack([control_row(BIG, -BIG, value)] + [idle] * capacity)
-    reads, _, _ = run(NeuralStack(1, capacity), controls)
+    reads, _, _ = run(NeuralStack(width=1, capacity=capacity), controls)
     np.testing.assert_allclose(reads[:capacity, 0], value[None].repeat(
         capacity, 0), atol=ATOL)
     np.testing.assert_allclose(reads[capacity, 0], [0.0], atol=ATOL)
@@ -194,7 +194,7 @@ def test_capacity_bounds_steps_remembered():
 
 
 def test_invariants_over_random_runs():
-    stack = NeuralStack(2, 5)
+    stack = NeuralStack(width=2, capacity=5)
     rng = np.random.default_rng(6)
     # Mixed scales: soft controls and nearly saturated ones.
     controls = (rng.normal(0, 1, (25, 8, 4))
@@ -248,7 +248,7 @@ def test_tanh_keeps_float64_and_float32(x64):
 
 
 def test_gradient_matches_finite_differences(x64):
-    stack = NeuralStack(2, 3, dtype="float64")
+    stack = NeuralStack(width=2, capacity=3, dtype="float64")
     rng = np.random.default_rng(7)
     controls = rng.normal(0, 1.5, (5, 2, 4))  # 5 steps > capacity 3
     projection = rng.normal(size=(5, 2, 2))
@@ -269,7 +269,7 @@ def test_gradient_matches_finite_differences(x64):
 
 
 def test_no_nan_or_inf_at_saturated_strengths():
-    stack = NeuralStack(3, 4)
+    stack = NeuralStack(width=3, capacity=4)
     rng = np.random.default_rng(8)
     signs = rng.choice([-1.0, 1.0], (9, 4, 5))
     controls = (1e4 * signs).astype("f4")
@@ -302,7 +302,7 @@ def test_no_nan_or_inf_at_saturated_strengths():
 
 
 def test_in_superloop_rnn_and_save_load(tmp_path):
-    cell = sc.SuperloopCell([sc.SGUCell(8)], [NeuralStack(4, 6)])
+    cell = sc.SuperloopCell([sc.SGUCell(8)], [NeuralStack(width=4, capacity=6)])
     inputs = keras.Input((None, 3))
     sequences, *states = keras.layers.RNN(
         cell, return_sequences=True, return_state=True)(inputs)

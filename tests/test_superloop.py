@@ -28,7 +28,7 @@ def _attention_model(cell, steps, features, positions, width, **rnn_kwargs):
 @pytest.mark.parametrize("depth", [1, 4])
 def test_matches_numpy_with_register_memory_and_attention(fused, depth):
     positions, width = 5, 2
-    systems = [sc.RegisterMemory(3, 4), sc.Attention(positions, width)]
+    systems = [sc.RegisterMemory(registers=3, width=4), sc.Attention(positions=positions, width=width)]
     cell = sc.SuperloopCell([sc.SGUCell(6) for _ in range(depth)], systems,
                             fused=fused)
     model = _attention_model(cell, None, 3, positions, width,
@@ -66,7 +66,7 @@ def test_fused_equals_unfused_outputs_states_and_gradients(
     # the unfused cells, through the whole loop, for the weights, the input
     # and the initial state.
     make = lambda fused: sc.SuperloopCell(  # noqa: E731
-        [sc.SGUCell(5) for _ in range(depth)], [sc.RegisterMemory(2, 3)],
+        [sc.SGUCell(5) for _ in range(depth)], [sc.RegisterMemory(registers=2, width=3)],
         fused=fused, layer_loop=looped)
     unfused, fused = make(False), make(True)
     assert fused.fused_runs == 1 and unfused.fused_runs == 0
@@ -113,7 +113,7 @@ def test_weights_and_checkpoints_do_not_depend_on_fused(tmp_path, depth):
     for fused in (True, False, "auto"):
         keras.backend.clear_session()  # the same layer names in each model
         cell = sc.SuperloopCell([sc.SGUCell(3) for _ in range(depth)],
-                                [sc.RegisterMemory(2, 2)], fused=fused)
+                                [sc.RegisterMemory(registers=2, width=2)], fused=fused)
         models[fused] = rnn_model(cell, 2, return_sequences=True)
     layouts = {f: [(w.path, tuple(w.shape)) for w in m.weights]
                for f, m in models.items()}
@@ -154,7 +154,7 @@ def test_mixed_cells_fall_back_and_match_step_by_step():
     cells = [sc.SGUCell(4), sc.SGUCell(4), sc.SGUCell(4),
              keras.layers.GRUCell(4), keras.layers.LSTMCell(5),
              sc.SGUCell(5), sc.SGUCell(5), keras.layers.SimpleRNNCell(3)]
-    cell = sc.SuperloopCell(cells, [sc.RegisterMemory(2, 2)], fused=True)
+    cell = sc.SuperloopCell(cells, [sc.RegisterMemory(registers=2, width=2)], fused=True)
     kinds = [type(s).__name__ for s in cell._stages]
     assert kinds == ["CellStage", "SGURunStage", "CellStage", "CellStage",
                      "SGURunStage", "CellStage"]
@@ -177,7 +177,7 @@ def test_unroll_and_loop_give_same_outputs_and_gradients(monkeypatch, fused,
     # depth 7: the fused run of 6 loops over a group of layers.
     _loop_runs_deeper_than_4(monkeypatch)
     cell_loop = sc.SuperloopCell([sc.SGUCell(4) for _ in range(depth)],
-                                 [sc.RegisterMemory(2, 3)], fused=fused)
+                                 [sc.RegisterMemory(registers=2, width=3)], fused=fused)
     cell_unroll = sc.SuperloopCell.from_config(cell_loop.get_config())
     m_loop = rnn_model(cell_loop, 2, steps=6, return_sequences=True)
     m_unroll = rnn_model(cell_unroll, 2, steps=6, return_sequences=True,
@@ -231,8 +231,8 @@ def test_masking_layer_padding_equals_each_sequence_alone(
     _loop_runs_deeper_than_4(monkeypatch)
     stack = ([sc.SGUCell(4) for _ in range(7)] if cells == "sgu_looped" else
              [keras.layers.GRUCell(5), keras.layers.LSTMCell(3)])
-    cell = sc.SuperloopCell(stack, [sc.RegisterMemory(2, 3),
-                                    sc.NeuralStack(2, 3)], fused=True)
+    cell = sc.SuperloopCell(stack, [sc.RegisterMemory(registers=2, width=3),
+                                    sc.NeuralStack(width=2, capacity=3)], fused=True)
     seq = keras.Input((None, 2))
     masked = keras.layers.Masking(0.0)(seq)
     outputs = keras.layers.RNN(cell, return_sequences=sequences,
@@ -246,7 +246,7 @@ def test_masking_layer_padding_equals_each_sequence_alone(
 def test_explicit_mask_with_context_equals_each_sequence_alone(sequences):
     # With `initial_state`, Keras drops a Masking layer's mask: pass `mask=`.
     cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(3)],
-                            [sc.RegisterMemory(2, 3), sc.Attention(4, 1)],
+                            [sc.RegisterMemory(registers=2, width=3), sc.Attention(positions=4, width=1)],
                             fused=True)
     seq = keras.Input((None, 2))
     data = keras.Input((4, 1))
@@ -261,7 +261,7 @@ def test_explicit_mask_with_context_equals_each_sequence_alone(sequences):
 
 def test_one_model_runs_short_and_long_sequences_without_rebuild():
     cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(3)],
-                            [sc.RegisterMemory(2, 3)], fused=True)
+                            [sc.RegisterMemory(registers=2, width=3)], fused=True)
     model = rnn_model(cell, 2, return_sequences=True)
     weights_before = [w.path for w in model.weights]
     for steps in (3, 300):
@@ -273,7 +273,7 @@ def test_one_model_runs_short_and_long_sequences_without_rebuild():
 def test_no_external_input_only_length_matters():
     # The older project's `model_inputs = 0`: inputs of width 0.
     cell = sc.SuperloopCell([sc.SGUCell(6), sc.SGUCell(6)],
-                            [sc.Attention(8, 1)], fused=True)
+                            [sc.Attention(positions=8, width=1)], fused=True)
     steps = keras.Input((None, 0))
     data = keras.Input((8, 1))
     states = sc.initial_state(cell, steps, data)
@@ -316,7 +316,7 @@ def _float64():
 def test_gradients_match_finite_differences(fused):
     with _float64():
         cell = sc.SuperloopCell([sc.SGUCell(3), sc.SGUCell(3), sc.SGUCell(3)],
-                                [sc.RegisterMemory(2, 2), sc.Attention(3, 1)],
+                                [sc.RegisterMemory(registers=2, width=2), sc.Attention(positions=3, width=1)],
                                 fused=fused)
         model = _attention_model(cell, 4, 2, 3, 1, return_sequences=True)
         randomize(cell, seed=8)
@@ -356,7 +356,7 @@ def test_gradients_match_finite_differences(fused):
 def test_no_nan_or_inf(case):
     steps = 2000 if case == "long" else 20
     cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(3)],
-                            [sc.RegisterMemory(2, 3), sc.Attention(4, 2)],
+                            [sc.RegisterMemory(registers=2, width=3), sc.Attention(positions=4, width=2)],
                             fused=True)
     model = _attention_model(cell, None, 2, 4, 2, return_sequences=True)
     value = {"zeros": 0.0, "plus_1e4": 1e4, "minus_1e4": -1e4}.get(case, 1.0)
@@ -375,7 +375,7 @@ def test_save_and_load_keras_file_gives_identical_outputs(tmp_path):
     cell = sc.SuperloopCell(
         [sc.SGUCell(4), sc.SGUCell(4), sc.SGUCell(4),
          keras.layers.LSTMCell(3)],
-        [sc.RegisterMemory(2, 3), sc.Attention(4, 1, falloff="squared",
+        [sc.RegisterMemory(registers=2, width=3), sc.Attention(positions=4, width=1, falloff="squared",
                                                normalize=True)],
         fused=True)
     model = _attention_model(cell, None, 2, 4, 1, return_sequences=True)
@@ -396,7 +396,7 @@ def test_save_and_load_keras_file_gives_identical_outputs(tmp_path):
 def test_config_round_trip():
     cell = sc.SuperloopCell(
         [sc.SGUCell(4), keras.layers.GRUCell(3), sc.SGUCell(5)],
-        [sc.RegisterMemory(2, 3), sc.Attention(6, 2, clip_position=True)],
+        [sc.RegisterMemory(registers=2, width=3), sc.Attention(positions=6, width=2, clip_position=True)],
         control_bias_initializer="ones", fused=False, layer_loop=True,
         name="loop")
     config = cell.get_config()
@@ -421,7 +421,7 @@ def test_fit_lowers_loss_on_a_learnable_task(jit_compile):
     x = rng.normal(size=(128, 12, 1)).astype("f4")
     y = np.cumsum(x, axis=1) / 4.0
     cell = sc.SuperloopCell([sc.SGUCell(8) for _ in range(3)],
-                            [sc.RegisterMemory(2, 4)], fused=True)
+                            [sc.RegisterMemory(registers=2, width=4)], fused=True)
     inp = keras.Input((None, 1))
     out = keras.layers.Dense(1)(
         keras.layers.RNN(cell, return_sequences=True)(inp))

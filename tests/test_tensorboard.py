@@ -52,8 +52,8 @@ def _scope_pattern(scope):
 def _tiny_model():
     cell = sc.SuperloopCell(
         [sc.SGUCell(8) for _ in range(3)],
-        [sc.RegisterMemory(2, 4), sc.Attention(POSITIONS, 1),
-         sc.NeuralStack(2, 4)], fused=True)
+        [sc.RegisterMemory(registers=2, width=4), sc.Attention(positions=POSITIONS, width=1),
+         sc.NeuralStack(width=2, capacity=4)], fused=True)
     seq = keras.Input((None, 2))
     data = keras.Input((POSITIONS, 1))
     states = sc.initial_state(cell, seq, data)

@@ -15,7 +15,7 @@ ATOL = 1e-5
 def _cell(trace=False):
     return sc.SuperloopCell(
         [sc.SGUCell(5) for _ in range(3)],
-        [sc.RegisterMemory(2, 3), sc.Attention(6, 1), sc.NeuralStack(2, 4)],
+        [sc.RegisterMemory(registers=2, width=3), sc.Attention(positions=6, width=1), sc.NeuralStack(width=2, capacity=4)],
         trace=trace, fused=True)
 
 
@@ -27,7 +27,7 @@ def test_trace_off_by_default_and_output_is_y():
 
 def test_traced_copy_matches_numpy_references():
     cell = sc.SuperloopCell([sc.SGUCell(5) for _ in range(3)],
-                            [sc.RegisterMemory(2, 3), sc.Attention(6, 1)],
+                            [sc.RegisterMemory(registers=2, width=3), sc.Attention(positions=6, width=1)],
                             fused=True)
     seq = keras.Input((None, 2))
     data = keras.Input((6, 1))
@@ -87,9 +87,9 @@ def test_trace_keys_and_widths():
     assert cell.output_size == 5 + sum(layout.values())
 
 
-@pytest.mark.parametrize("system", [sc.RegisterMemory(2, 3),
-                                    sc.Attention(4, 2), sc.NeuralStack(2, 3),
-                                    sc.HardAttention(4, 2)])
+@pytest.mark.parametrize("system", [sc.RegisterMemory(registers=2, width=3),
+                                    sc.Attention(positions=4, width=2), sc.NeuralStack(width=2, capacity=3),
+                                    sc.HardAttention(positions=4, width=2)])
 def test_each_system_trace_matches_its_declared_sizes(system):
     control = np.random.default_rng(0).normal(
         size=(3, system.control_size)).astype("f4")
@@ -127,8 +127,8 @@ def test_plot_traces_writes_a_png(tmp_path):
 def test_trace_axis_labels_come_from_the_systems():
     cell = sc.SuperloopCell(
         [sc.SGUCell(3)],
-        [sc.RegisterMemory(2, 3), sc.HardAttention(5, 1), sc.NeuralStack(2, 4),
-         sc.RegisterMemory(2, 2)])
+        [sc.RegisterMemory(registers=2, width=3), sc.HardAttention(positions=5, width=1), sc.NeuralStack(width=2, capacity=4),
+         sc.RegisterMemory(registers=2, width=2)])
     assert sc.trace_axis_labels(cell) == {
         "register_memory/store": "register",
         "register_memory/recall": "register",
@@ -144,7 +144,7 @@ def test_trace_axis_labels_come_from_the_systems():
 def test_trace_axis_labels_of_a_selection_fit_its_output(tmp_path):
     pytest.importorskip("matplotlib")
     cell = sc.SuperloopCell(
-        [sc.SGUCell(3)], [sc.RegisterMemory(2, 3), sc.NeuralStack(2, 4)],
+        [sc.SGUCell(3)], [sc.RegisterMemory(registers=2, width=3), sc.NeuralStack(width=2, capacity=4)],
         trace=["register_memory/store", "neural_stack/strengths"])
     assert sc.trace_axis_labels(cell) == {"register_memory/store": "register"}
     out = keras.layers.RNN(cell, return_sequences=True)(
@@ -161,7 +161,7 @@ def test_trace_axis_labels_of_a_selection_fit_its_output(tmp_path):
 def test_group_traces_sorts_gates_heatmaps_and_lines_in_order():
     cell = sc.SuperloopCell(
         [sc.SGUCell(3), sc.SGUCell(3)],
-        [sc.Attention(5, 1), sc.NeuralStack(2, 4)])
+        [sc.Attention(positions=5, width=1), sc.NeuralStack(width=2, capacity=4)])
     x = np.random.default_rng(0).normal(size=(2, 6, 1)).astype("f4")
     data = np.random.default_rng(1).normal(size=(2, 5, 1)).astype("f4")
     cell.build((None, 1))
@@ -259,7 +259,7 @@ def test_selected_traces_round_trip_through_config():
 def test_a_position_trace_trains_a_loss_on_every_step():
     # The use the selection is for: a loss on the head's position at each
     # step, through the integer moves' straight-through gradient.
-    head = sc.Attention(5, 1, integer_moves=True, falloff="gaussian",
+    head = sc.Attention(positions=5, width=1, integer_moves=True, falloff="gaussian",
                         sharpness=8.0, normalize=True)
     cell = sc.SuperloopCell([sc.SGUCell(4)], [head],
                             trace=["attention/position"])

@@ -46,10 +46,14 @@ class SoftList(ExternalSystem):
 
     cover = None  # staticmethod: `_soft_ops.strength_above` or `_below`
 
-    def __init__(self, width, capacity, **kwargs):
+    def __init__(self, *args, width=None, capacity=None, **kwargs):
+        name = type(self).__name__
+        _validation.keyword_only(name, args, f"{name}(width=8, capacity=32)")
         super().__init__(**kwargs)
-        self.width = _validation.positive_int("width", width)
-        self.capacity = _validation.positive_int("capacity", capacity)
+        self.width = _validation.positive_int(
+            "width", _validation.required("width", width))
+        self.capacity = _validation.positive_int(
+            "capacity", _validation.required("capacity", capacity))
         self.control_size = self.width + 2
         self.output_size = self.width
         self.state_size = [self.capacity, self.capacity * self.width]

@@ -72,8 +72,9 @@ class Attention(ExternalSystem):
 
     def __init__(
         self,
-        positions,
-        width,
+        *args,
+        positions=None,
+        width=None,
         falloff="linear",
         normalize=False,
         clip_position=False,
@@ -82,9 +83,13 @@ class Attention(ExternalSystem):
         integer_moves=False,
         **kwargs,
     ):
+        _validation.keyword_only(
+            "Attention", args, "Attention(positions=16, width=1)")
         super().__init__(**kwargs)
-        self.positions = _validation.positive_int("positions", positions)
-        self.width = _validation.positive_int("width", width)
+        self.positions = _validation.positive_int(
+            "positions", _validation.required("positions", positions))
+        self.width = _validation.positive_int(
+            "width", _validation.required("width", width))
         self.falloff = _validation.choice("falloff", falloff, FALLOFFS)
         self.normalize = _validation.boolean("normalize", normalize)
         self.clip_position = _validation.boolean("clip_position", clip_position)

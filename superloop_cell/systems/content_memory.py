@@ -205,10 +205,16 @@ class ContentMemory(ExternalSystem):
     >>> cell = SuperloopCell([SGUCell(32)], [memory])
     """
 
-    def __init__(self, slots, width, read_heads=1, **kwargs):
+    def __init__(self, *args, slots=None, width=None, read_heads=1,
+                 **kwargs):
+        _validation.keyword_only(
+            "ContentMemory", args,
+            "ContentMemory(slots=128, width=20, read_heads=1)")
         super().__init__(**kwargs)
-        self.slots = _validation.positive_int("slots", slots)
-        self.width = _validation.positive_int("width", width)
+        self.slots = _validation.positive_int(
+            "slots", _validation.required("slots", slots))
+        self.width = _validation.positive_int(
+            "width", _validation.required("width", width))
         self.read_heads = _validation.positive_int("read_heads", read_heads)
         self._write_size = 3 * self.width + _HEAD_SCALARS
         self._read_size = self.width + _HEAD_SCALARS

@@ -60,11 +60,15 @@ class HardAttention(ExternalSystem):
         **kwargs: Base `keras.layers.Layer` arguments.
     """
 
-    def __init__(self, positions, width, forward_bias=2.0, seed=None,
-                 **kwargs):
+    def __init__(self, *args, positions=None, width=None, forward_bias=2.0,
+                 seed=None, **kwargs):
+        _validation.keyword_only(
+            "HardAttention", args, "HardAttention(positions=16, width=1)")
         super().__init__(**kwargs)
-        self.positions = _validation.positive_int("positions", positions)
-        self.width = _validation.positive_int("width", width)
+        self.positions = _validation.positive_int(
+            "positions", _validation.required("positions", positions))
+        self.width = _validation.positive_int(
+            "width", _validation.required("width", width))
         self.forward_bias = _validation.finite_float("forward_bias",
                                                      forward_bias)
         self.seed = _validation.optional_int("seed", seed)

@@ -129,13 +129,17 @@ class NeuralDeQue(ExternalSystem):
 
     Example:
 
-    >>> cell = SuperloopCell([SGUCell(16)], [NeuralDeQue(8, capacity=32)])
+    >>> cell = SuperloopCell([SGUCell(16)], [NeuralDeQue(width=8, capacity=32)])
     """
 
-    def __init__(self, width, capacity, **kwargs):
+    def __init__(self, *args, width=None, capacity=None, **kwargs):
+        _validation.keyword_only(
+            "NeuralDeQue", args, "NeuralDeQue(width=8, capacity=32)")
         super().__init__(**kwargs)
-        self.width = _validation.positive_int("width", width)
-        self.capacity = _validation.positive_int("capacity", capacity)
+        self.width = _validation.positive_int(
+            "width", _validation.required("width", width))
+        self.capacity = _validation.positive_int(
+            "capacity", _validation.required("capacity", capacity))
         self.control_size = 2 * self.width + 4
         self.output_size = 2 * self.width
         slots = 2 * self.capacity

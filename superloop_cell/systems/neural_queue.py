@@ -77,7 +77,7 @@ class NeuralQueue(SoftList):
 
     Example:
 
-    >>> cell = SuperloopCell([SGUCell(16)], [NeuralQueue(8, capacity=32)])
+    >>> cell = SuperloopCell([SGUCell(16)], [NeuralQueue(width=8, capacity=32)])
     """
 
     cover = staticmethod(_soft_ops.strength_below)

@@ -65,7 +65,7 @@ class NeuralStack(SoftList):
 
     Example:
 
-    >>> cell = SuperloopCell([SGUCell(16)], [NeuralStack(8, capacity=32)])
+    >>> cell = SuperloopCell([SGUCell(16)], [NeuralStack(width=8, capacity=32)])
     """
 
     cover = staticmethod(_soft_ops.strength_above)

@@ -1,4 +1,4 @@
-"""A soft register memory: `depth` registers of `width` values each."""
+"""A soft register memory: `registers` registers of `width` values each."""
 
 import keras
 from keras import ops
@@ -13,48 +13,52 @@ from superloop_cell.systems.base import ExternalSystem
 class RegisterMemory(ExternalSystem):
     """Soft register memory written and read once per step.
 
-    Control (`2·depth + width`): `[store logits | recall logits | data]`.
+    Control (`2·registers + width`): `[store logits | recall logits | data]`.
 
-        store  = softmax(store logits)                     (batch, depth)
-        recall = softmax(recall logits)                    (batch, depth)
+        store  = softmax(store logits)                     (batch, registers)
+        recall = softmax(recall logits)                    (batch, registers)
         M_t    = (1 − store)[:, :, None] · M_{t−1} + store ⊗ data
         output = recall · M_t                              (batch, width)
 
-    `M` is `(batch, depth, width)`, zero at the start and read after this
-    step's write. It is carried flattened as one state of `depth·width`.
+    `M` is `(batch, registers, width)`, zero at the start and read after this
+    step's write. It is carried flattened as one state of `registers·width`.
 
     Args:
-        depth: Positive integer, number of registers.
+        registers: Positive integer, number of registers.
         width: Positive integer, values per register.
         **kwargs: Base `keras.layers.Layer` arguments.
 
     Example:
 
-    >>> cell = SuperloopCell([SGUCell(16)], [RegisterMemory(depth=4, width=8)])
+    >>> cell = SuperloopCell([SGUCell(16)], [RegisterMemory(registers=4, width=8)])
     """
 
-    def __init__(self, depth, width, **kwargs):
+    def __init__(self, *args, registers=None, width=None, **kwargs):
+        _validation.keyword_only(
+            "RegisterMemory", args, "RegisterMemory(registers=4, width=8)")
         super().__init__(**kwargs)
-        self.depth = _validation.positive_int("depth", depth)
-        self.width = _validation.positive_int("width", width)
-        self.control_size = 2 * self.depth + self.width
+        self.registers = _validation.positive_int(
+            "registers", _validation.required("registers", registers))
+        self.width = _validation.positive_int(
+            "width", _validation.required("width", width))
+        self.control_size = 2 * self.registers + self.width
         self.output_size = self.width
-        self.state_size = [self.depth * self.width]
-        self.trace_sizes = {"store": self.depth, "recall": self.depth}
+        self.state_size = [self.registers * self.width]
+        self.trace_sizes = {"store": self.registers, "recall": self.registers}
         self.trace_labels = {"store": "register", "recall": "register"}
 
     def _split(self, control):
         # One split and one softmax over (batch, 2, depth) for both address
         # vectors: slices and `[:, :, None]` indexing would each add a
         # strided slice to the step, and its gradient a zero-filled one.
-        logits, data = ops.split(control, [2 * self.depth], axis=-1)
-        weights = softmax(ops.reshape(logits, (-1, 2, self.depth)))
+        logits, data = ops.split(control, [2 * self.registers], axis=-1)
+        weights = softmax(ops.reshape(logits, (-1, 2, self.registers)))
         store, recall = ops.unstack(weights, 2, axis=1)
         return store, recall, data
 
     def call(self, control, states, training=False, traces=False):
         store, recall, data = self._split(control)
-        memory = ops.reshape(states[0], (-1, self.depth, self.width))
+        memory = ops.reshape(states[0], (-1, self.registers, self.width))
         # (1 − store)·M + store·data, written as M + store·(data − M).
         memory = memory + ops.expand_dims(store, -1) * (
             ops.expand_dims(data, 1) - memory
@@ -62,10 +66,10 @@ class RegisterMemory(ExternalSystem):
         # A broadcast product and a sum, not an einsum: TensorFlow's einsum
         # (and its gradient) is several times slower on tensors this small.
         output = ops.sum(ops.expand_dims(recall, -1) * memory, axis=1)
-        new_states = [ops.reshape(memory, (-1, self.depth * self.width))]
+        new_states = [ops.reshape(memory, (-1, self.registers * self.width))]
         if traces:
             return output, new_states, {"store": store, "recall": recall}
         return output, new_states
 
     def get_config(self):
-        return {**super().get_config(), "depth": self.depth, "width": self.width}
+        return {**super().get_config(), "registers": self.registers, "width": self.width}
