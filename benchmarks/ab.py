@@ -1,40 +1,45 @@
-"""A/B: two settings, or two versions of the code, interleaved in one process.
+"""A/B: two settings, or two revisions of the code, interleaved.
 
-    python -m benchmarks.ab --a "fused=True" --b "fused=False" --rounds 7
-    python -m benchmarks.ab --a-rev fe77dc4 --rounds 5 --backend jax
+    python -m benchmarks.ab --a "layer_loop=False" --b "layer_loop=True"
+    python -m benchmarks.ab --a-rev HEAD~3 --b-rev HEAD --backend jax
 
 Both sides train the reference model (`SuperloopCell` of `--depth`
-`SGUCell(16)` + `RegisterMemory(registers=4, width=8)`, `RNN` → `Dense(1)`, RMSprop, MSE,
-`train_on_batch`). `--a`/`--b` are comma-separated `key=value` settings:
-`jit_compile`, `unroll` and any `SuperloopCell` argument (`fused=auto`).
-`--a-rev`/`--b-rev` take the package from a git revision instead of the
-working tree (`benchmarks.versions`), in the same process.
+`SGUCell(16)` + `RegisterMemory(registers=4, width=8)`, `RNN` → `Dense(1)`,
+RMSprop, MSE, `train_on_batch`). `--a`/`--b` are comma-separated
+`key=value` settings: `jit_compile` and any `SuperloopCell` argument
+(`fused=auto`). `--a-rev`/`--b-rev` take `superloop_cell/` from a git
+revision (`git archive`, into a temporary folder) instead of the working
+tree; the benchmark code is the working tree's.
 
-Each side first gets a model that is warmed up and kept for the steady
-steps. Then, in every round, A and B take turns (A first in even rounds, B
-first in odd ones): each builds a fresh model and times its first step
-(build + compile + first `train_on_batch`: trace, and on XLA compile), then
-each times `--steps-per-round` steady steps on its kept model (the round's
-median). The report gives, for the steady step and the first step, each
-side's median and the median over rounds of the per-round ratio B/A with its
-spread (min–max and interquartile range): a claim that B is faster is
-repeatable when the whole spread lies below 1.
+Each side runs in its own process, started once and kept: it builds a model,
+warms it up and keeps it for the steady steps. Then, in every round, the
+two processes take turns (A first in even rounds, B first in odd ones): each
+builds a fresh model and times its first step (build + compile + first
+`train_on_batch`), then each times `--steps-per-round` steady steps on its
+kept model (the round's median). Reported, for the steady step and the first
+step: each side's median and the median over rounds of the per-round ratio
+B/A with its spread (min–max, interquartile range). A claim that B is
+faster is repeatable when the whole spread lies below 1.
 """
 
 import argparse
 import ast
+import atexit
 import gc
+import io
+import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 
-from benchmarks import backend  # imports no Keras
+from benchmarks import backend, measure  # import no Keras
 
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
 WARMUP_STEPS = 2
-# Settings that go to the model, not to `SuperloopCell`.
-MODEL_SETTINGS = ("jit_compile", "unroll")
 
 
 def parse_settings(text):
@@ -54,10 +59,8 @@ def parse_settings(text):
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key.isidentifier():
-            raise ValueError(
-                f"Received an invalid setting: expected key=value, got "
-                f"{item!r}."
-            )
+            raise ValueError(f"Received an invalid setting: expected "
+                             f"key=value, got {item!r}.")
         try:
             settings[key] = ast.literal_eval(value.strip())
         except (ValueError, SyntaxError):
@@ -68,9 +71,6 @@ def parse_settings(text):
 def ratio_statistics(a_times, b_times):
     """Per-round ratios B/A and their summary.
 
-    Args:
-        a_times, b_times: one time per round for each side, same length.
-
     Returns:
         dict: `ratios` (per round), `median_ratio`, `min_ratio`,
         `max_ratio`, `q1_ratio`, `q3_ratio` (quartiles; equal to the median
@@ -79,25 +79,17 @@ def ratio_statistics(a_times, b_times):
     if len(a_times) != len(b_times) or not a_times:
         raise ValueError(
             "Received invalid timings: expected one time per round for each "
-            f"side, got {len(a_times)} for A and {len(b_times)} for B."
-        )
+            f"side, got {len(a_times)} for A and {len(b_times)} for B.")
     ratios = [b / a for a, b in zip(a_times, b_times)]
     median = statistics.median(ratios)
+    q1 = q3 = median
     if len(ratios) > 1:
         q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
-    else:
-        q1 = q3 = median
-    return {
-        "ratios": ratios,
-        "median_ratio": median,
-        "min_ratio": min(ratios),
-        "max_ratio": max(ratios),
-        "q1_ratio": q1,
-        "q3_ratio": q3,
-        "median_a": statistics.median(a_times),
-        "median_b": statistics.median(b_times),
-        "rounds": len(ratios),
-    }
+    return {"ratios": ratios, "median_ratio": median,
+            "min_ratio": min(ratios), "max_ratio": max(ratios),
+            "q1_ratio": q1, "q3_ratio": q3,
+            "median_a": statistics.median(a_times),
+            "median_b": statistics.median(b_times), "rounds": len(ratios)}
 
 
 def round_order(round_index, sides):
@@ -105,209 +97,225 @@ def round_order(round_index, sides):
     return sides if round_index % 2 == 0 else sides[::-1]
 
 
-def describe(statistics_, unit, scale):
-    s = statistics_
-    return (
-        f"A {s['median_a'] * scale:.1f} {unit}, B {s['median_b'] * scale:.1f} "
-        f"{unit}; B/A median {s['median_ratio']:.3f} (min–max "
-        f"{s['min_ratio']:.3f}–{s['max_ratio']:.3f}, IQR "
-        f"{s['q1_ratio']:.3f}–{s['q3_ratio']:.3f}, {s['rounds']} rounds)"
-    )
+def describe(s, unit, scale):
+    return (f"A {s['median_a'] * scale:.1f} {unit}, B "
+            f"{s['median_b'] * scale:.1f} {unit}; B/A median "
+            f"{s['median_ratio']:.3f} (min–max {s['min_ratio']:.3f}–"
+            f"{s['max_ratio']:.3f}, IQR {s['q1_ratio']:.3f}–"
+            f"{s['q3_ratio']:.3f}, {s['rounds']} rounds)")
+
+
+def extract(revision):
+    """`superloop_cell/` at git `revision`, in a new temporary folder."""
+    archive = subprocess.run(
+        ["git", "-C", measure.REPO_ROOT, "archive", "--format=tar", revision,
+         "superloop_cell"], capture_output=True, check=False)
+    if archive.returncode != 0:
+        raise ValueError(
+            f"Cannot read superloop_cell/ at git revision {revision!r}: "
+            f"{archive.stderr.decode(errors='replace').strip()}")
+    folder = tempfile.mkdtemp(prefix=f"superloop_cell_{revision}_")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(folder, **extra)
+    return folder
+
+
+class Side:
+    """One side: a worker process holding its package, settings and model."""
+
+    def __init__(self, name, revision, settings, args):
+        self.name, self.revision, self.settings = name, revision, settings
+        self.first, self.first_traces, self.steady = [], [], []
+        root = extract(revision) if revision else measure.REPO_ROOT
+        spec = {"settings": settings, "depth": args.depth,
+                "steps": args.steps, "batch": args.batch}
+        # `python -m` puts the working folder first on the module path: the
+        # revision's superloop_cell is found before the working tree's.
+        self.process = subprocess.Popen(
+            measure.child_command("benchmarks.ab", args.backend_name,
+                                  ["--worker", json.dumps(spec)]),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            cwd=root, env=measure.child_env(args.backend_name, root))
+        self.package = self.ask("ready")["package"]
+
+    def label(self):
+        settings = ",".join(f"{k}={v}" for k, v in self.settings.items())
+        return ((self.revision or "working tree")
+                + (f" [{settings}]" if settings else ""))
+
+    def ask(self, command):
+        """Sends `command` to the worker; its JSON answer."""
+        if command != "ready":
+            self.process.stdin.write(command + "\n")
+            self.process.stdin.flush()
+        for line in self.process.stdout:
+            if line.startswith(measure.RESULT_MARKER):
+                answer = json.loads(line[len(measure.RESULT_MARKER):])
+                if "error" in answer:
+                    raise RuntimeError(f"side {self.name}: {answer['error']}")
+                return answer
+        raise RuntimeError(f"side {self.name}: the worker exited "
+                           f"({self.process.wait()})")
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait()
+
+
+def worker(spec):
+    """A side's process: answers `first`, `steady N` until stdin closes."""
+    import keras
+    import numpy as np
+
+    import superloop_cell
+    from benchmarks import models
+
+    settings = dict(spec["settings"])
+    jit_compile = settings.pop("jit_compile", False)
+    x, y = measure.random_batch(np.random.default_rng(measure.SEED),
+                                spec["batch"], spec["steps"])
+
+    def build():
+        keras.utils.set_random_seed(measure.SEED)
+        cell = models.project_cell(spec["depth"], **settings)
+        return models.sequence_model(cell, jit_compile)
+
+    try:
+        kept = build()
+        for _ in range(1 + WARMUP_STEPS):
+            kept.train_on_batch(x, y)
+    except Exception as error:  # noqa: BLE001  (the parent reports it)
+        measure.emit_child_result({"error": measure.error_note(error)})
+        return
+    measure.emit_child_result({"package": superloop_cell.__file__})
+    for command in sys.stdin:
+        word, *rest = command.split()
+        if word == "first":
+            start = time.perf_counter()
+            model = build()
+            counts = measure.count_traces(model)
+            model.train_on_batch(x, y)
+            answer = {"seconds": time.perf_counter() - start,
+                      "traces": counts["traces"]}
+            del model
+            gc.collect()
+        else:
+            kept.train_on_batch(x, y)  # untimed: TensorFlow frees the
+            # fresh model's graph lazily, inside the next step
+            answer = {"seconds": statistics.median(
+                measure.timed_step(kept, x, y) for _ in range(int(rest[0])))}
+        measure.emit_child_result(answer)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Interleaved A/B of two settings or two revisions of "
-        "superloop_cell (see benchmarks/README.md)."
-    )
+        "superloop_cell, each side in its own process.")
     parser.add_argument("--a", default="", help="settings of A: key=value,...")
     parser.add_argument("--b", default="", help="settings of B: key=value,...")
-    parser.add_argument(
-        "--a-rev", help="git revision of the package for A (default: the "
-        "working tree)"
-    )
-    parser.add_argument(
-        "--b-rev", help="git revision of the package for B (default: the "
-        "working tree)"
-    )
+    parser.add_argument("--a-rev", help="git revision of superloop_cell/ for "
+                        "A (default: the working tree)")
+    parser.add_argument("--b-rev", help="the same for B")
     parser.add_argument("--backend", choices=backend.BACKENDS)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--depth", type=int, default=32)
     parser.add_argument("--steps", type=int, default=64, help="T")
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument(
-        "--steps-per-round", type=int, default=3,
-        help="steady steps per side per round (their median counts)",
-    )
-    parser.add_argument(
-        "--no-first-step", action="store_true",
-        help="steady steps only (no fresh model per round)",
-    )
-    parser.add_argument(
-        "--out", help="JSON file (default: benchmarks/out/ab_BACKEND.json)"
-    )
+    parser.add_argument("--steps-per-round", type=int, default=3,
+                        help="steady steps per side per round (their median)")
+    parser.add_argument("--no-first-step", action="store_true",
+                        help="steady steps only")
+    parser.add_argument("--out", help="JSON file (default: "
+                        "benchmarks/out/ab_BACKEND.json)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for name in ("rounds", "depth", "steps", "batch", "steps_per_round"):
         if getattr(args, name) < 1:
-            parser.error(
-                f"--{name.replace('_', '-')}: expected a positive integer, "
-                f"got {getattr(args, name)}."
-            )
+            parser.error(f"--{name.replace('_', '-')}: expected a positive "
+                         f"integer, got {getattr(args, name)}.")
     try:
         args.a_settings = parse_settings(args.a)
         args.b_settings = parse_settings(args.b)
     except ValueError as error:
         parser.error(str(error))
-    if args.a_settings == args.b_settings and args.a_rev == args.b_rev:
+    if (not args.worker and args.a_settings == args.b_settings
+            and args.a_rev == args.b_rev):
         parser.error("A and B are the same: give --a/--b or --a-rev/--b-rev.")
+    args.backend_name = backend.requested(args.backend)
     return args
 
 
-class Side:
-    """One side of the comparison: a package version and settings."""
-
-    def __init__(self, name, library, settings, depth, steps):
-        self.name = name
-        self.library = library
-        self.settings = settings
-        self.depth = depth
-        self.steps = steps
-        self.kept = None
-        self.first = []  # seconds per round
-        self.first_traces = []
-        self.steady = []  # the round's median, seconds
-
-    def label(self):
-        settings = ",".join(f"{k}={v}" for k, v in self.settings.items())
-        return f"{self.library.label}" + (f" [{settings}]" if settings else "")
-
-    def build(self):
-        import keras
-
-        from benchmarks import measure, models
-
-        model_kwargs = {k: v for k, v in self.settings.items()
-                        if k in MODEL_SETTINGS}
-        cell_kwargs = {k: v for k, v in self.settings.items()
-                       if k not in MODEL_SETTINGS}
-        steps = self.steps if model_kwargs.get("unroll") else None
-        keras.utils.set_random_seed(measure.SEED)
-        return models.project_model(
-            self.depth, steps=steps, library=self.library.package,
-            **model_kwargs, **cell_kwargs,
-        )
-
-    def first_step(self, x, y):
-        """Seconds and traces of build + compile + first step, fresh model."""
-        from benchmarks import measure
-
-        with self.library.active():
-            start = time.perf_counter()
-            model = self.build()
-            counts = measure.count_traces(model)
-            model.train_on_batch(x, y)
-            seconds = time.perf_counter() - start
-        del model
-        gc.collect()
-        return seconds, counts["traces"]
-
-    def keep_warm(self, x, y):
-        with self.library.active():
-            self.kept = self.build()
-            for _ in range(1 + WARMUP_STEPS):
-                self.kept.train_on_batch(x, y)
-
-    def steady_step(self, x, y, repeats):
-        from benchmarks import measure
-
-        with self.library.active():
-            times = [measure.timed_step(self.kept, x, y)
-                     for _ in range(repeats)]
-        return statistics.median(times)
+def compare(args):
+    """Starts both sides, runs the rounds; the results dict."""
+    started = time.perf_counter()
+    sides = []
+    try:
+        for name, rev, settings in (("A", args.a_rev, args.a_settings),
+                                    ("B", args.b_rev, args.b_settings)):
+            sides.append(Side(name, rev, settings, args))
+            measure.log(f"{name}: {sides[-1].label()} "
+                        f"({sides[-1].package})")
+        for round_index in range(args.rounds):
+            order = round_order(round_index, sides)
+            line = [f"round {round_index + 1}:"]
+            if not args.no_first_step:
+                for side in order:
+                    answer = side.ask("first")
+                    side.first.append(answer["seconds"])
+                    side.first_traces.append(answer["traces"])
+                    line.append(f"{side.name} first {answer['seconds']:.2f} s")
+            for side in order:
+                seconds = side.ask(f"steady {args.steps_per_round}")["seconds"]
+                side.steady.append(seconds)
+                line.append(f"{side.name} steady {seconds * 1e3:.1f} ms")
+            measure.log("  ".join(line))
+    finally:
+        for side in sides:
+            side.close()
+    a, b = sides
+    results = {
+        "config": {"a": a.label(), "b": b.label(), "a_package": a.package,
+                   "b_package": b.package, "depth": args.depth,
+                   "steps": args.steps, "batch": args.batch,
+                   "rounds": args.rounds,
+                   "steps_per_round": args.steps_per_round},
+        "steady": ratio_statistics(a.steady, b.steady),
+        "elapsed_s": time.perf_counter() - started,
+    }
+    if not args.no_first_step:
+        results["first_step"] = {**ratio_statistics(a.first, b.first),
+                                 "traces_a": a.first_traces,
+                                 "traces_b": b.first_traces}
+    return results
 
 
 def main(argv=None):
     args = parse_args(argv)
-    backend.select(args.backend)
-    # After select: Keras is imported here.
-    import numpy as np
-
-    from benchmarks import measure, report, versions
-
-    def library(revision):
-        if revision is None:
-            return versions.current()
-        return versions.from_revision(revision)
-
-    sides = [
-        Side("A", library(args.a_rev), args.a_settings, args.depth, args.steps),
-        Side("B", library(args.b_rev), args.b_settings, args.depth, args.steps),
-    ]
+    backend.select(args.backend_name)
+    if args.worker:
+        worker(json.loads(args.worker))
+        return
     facts = measure.machine_facts()
-    measure.log(report.machine_line(facts))
-    for side in sides:
-        measure.log(f"{side.name}: {side.label()}")
-    measure.log(
-        f"depth {args.depth}, T {args.steps}, batch {args.batch}, "
-        f"{args.rounds} rounds, {args.steps_per_round} steady steps per side "
-        "per round"
-    )
-    started = time.perf_counter()
-    x, y = measure.random_batch(
-        np.random.default_rng(measure.SEED), args.batch, args.steps
-    )
-    for side in sides:
-        side.keep_warm(x, y)
-    for round_index in range(args.rounds):
-        order = round_order(round_index, sides)
-        line = [f"round {round_index + 1}:"]
-        if not args.no_first_step:
-            for side in order:
-                seconds, traces = side.first_step(x, y)
-                side.first.append(seconds)
-                side.first_traces.append(traces)
-                line.append(f"{side.name} first {seconds:.2f} s")
-        for side in order:
-            seconds = side.steady_step(x, y, args.steps_per_round)
-            side.steady.append(seconds)
-            line.append(f"{side.name} steady {seconds * 1e3:.1f} ms")
-        measure.log("  ".join(line))
-
-    a, b = sides
-    results = {
-        "machine": facts,
-        "config": {
-            "a": a.label(), "b": b.label(),
-            "a_settings": a.settings, "b_settings": b.settings,
-            "a_rev": args.a_rev, "b_rev": args.b_rev,
-            "depth": args.depth, "steps": args.steps, "batch": args.batch,
-            "rounds": args.rounds, "steps_per_round": args.steps_per_round,
-            "command": " ".join(
-                ["python -m benchmarks.ab"]
-                + list(sys.argv[1:] if argv is None else argv)
-            ),
-        },
-        "steady": ratio_statistics(a.steady, b.steady),
-    }
-    if not args.no_first_step:
-        results["first_step"] = ratio_statistics(a.first, b.first)
-        results["first_step"]["traces_a"] = a.first_traces
-        results["first_step"]["traces_b"] = b.first_traces
-    results["machine"]["load_average_at_end"] = measure.load_average()
-    results["elapsed_s"] = time.perf_counter() - started
-
+    measure.log(measure.machine_line(facts))
+    measure.log(f"depth {args.depth}, T {args.steps}, batch {args.batch}, "
+                f"{args.rounds} rounds, {args.steps_per_round} steady steps "
+                "per side per round; each side in its own process")
+    results = {"machine": facts, **compare(args)}
+    facts["load_average_at_end"] = measure.load_average()
     measure.log("")
-    measure.log(report.machine_line(results["machine"]))
-    warning = measure.busy_note(facts)
-    if warning:
-        measure.log(warning)
-    measure.log(f"A = {a.label()}; B = {b.label()}")
+    measure.log(measure.machine_line(facts))
+    if measure.busy_note(facts):
+        measure.log(measure.busy_note(facts))
+    measure.log(f"A = {results['config']['a']}; B = {results['config']['b']}")
     measure.log("steady step: " + describe(results["steady"], "ms", 1e3))
     if "first_step" in results:
         measure.log("first step:  " + describe(results["first_step"], "s", 1))
-    out = args.out or os.path.join(DEFAULT_OUT, f"ab_{backend.active()}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    report.write_json(results, out)
+    out = args.out or os.path.join(measure.DEFAULT_OUT,
+                                   f"ab_{args.backend_name}.json")
+    measure.write_json(results, out)
     measure.log(f"results: {out} ({results['elapsed_s']:.0f} s)")
 
 

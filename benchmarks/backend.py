@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 
-BACKENDS = ("tensorflow", "jax")
+BACKENDS = ("tensorflow", "jax", "torch")
 DEFAULT_BACKEND = "tensorflow"
 
 
@@ -32,7 +32,7 @@ def select(name=None):
     change: the call succeeds only when it is the same one.
 
     Args:
-        name: "tensorflow", "jax" or `None` (`$KERAS_BACKEND`, else
+        name: "tensorflow", "jax", "torch" or `None` (`$KERAS_BACKEND`, else
             "tensorflow").
 
     Raises:

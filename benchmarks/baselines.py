@@ -1,4 +1,4 @@
-"""Comparison cells for the benchmarks: the obvious composite and a no-op.
+"""The comparison cell of the benchmarks: the same function, written plainly.
 
 `StraightforwardSuperloopCell` computes the same function as
 
@@ -17,9 +17,6 @@ then the control projection, the 4×8 register memory and its read fed back
 by concatenation to the next step's input. `gate_kernel` is the SGU's
 `[kernel[:, :units]; recurrent_kernel]` stacked, so the two are equal for
 matching weights (`check_against_project_cell` verifies it).
-
-`EmptyCell` does next to nothing; a loop over it measures the cost of the
-loop itself (and of the train step around it).
 """
 
 import keras
@@ -113,23 +110,6 @@ class StraightforwardSuperloopCell(keras.layers.Layer):
         memory = (1.0 - store) * memory + store * data
         read = ops.sum(recall * memory, axis=1)
         return y, [read] + new_hs + [ops.reshape(memory, (-1, d * w))]
-
-
-class EmptyCell(keras.layers.Layer):
-    """Passes the first input feature through; one state of width 1.
-
-    Output shape:
-        `(y, [y])`, `y = inputs[:, :1]` of shape `(batch, 1)`.
-    """
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.state_size = 1
-        self.output_size = 1
-
-    def call(self, inputs, states, training=False):
-        y = inputs[:, :1]
-        return y, [y]
 
 
 def check_against_project_cell(depth=3, units=16, steps=5, batch=2, seed=0):

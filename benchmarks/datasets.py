@@ -1,12 +1,16 @@
 """Mixed-length training data for `benchmarks.mixed_lengths`.
 
-Import after `benchmarks.backend.select` (this module imports Keras).
+Both settings are `superloop_cell.BucketedSequences`; they differ only in
+their boundaries. Import after `benchmarks.backend.select` (imports Keras).
 """
+
+import time
 
 import keras
 import numpy as np
 
 from benchmarks import models
+from superloop_cell import BucketedSequences
 
 
 def sequences(samples, shortest, longest, seed):
@@ -18,80 +22,37 @@ def sequences(samples, shortest, longest, seed):
     """
     rng = np.random.default_rng(seed)
     lengths = rng.integers(shortest, longest + 1, size=samples)
-    xs = [
-        rng.standard_normal((n, models.INPUT_WIDTH)).astype("float32")
-        for n in lengths
-    ]
+    xs = [rng.standard_normal((n, models.INPUT_WIDTH)).astype("float32")
+          for n in lengths]
     ys = [rng.standard_normal((n, 1)).astype("float32") for n in lengths]
     return xs, ys
 
 
-class PaddedBatches(keras.utils.PyDataset):
-    """Batches of length-sorted sequences, each padded to its longest.
+def batch_maxima(lengths, batch_size):
+    """The longest length of each batch of the length-sorted sequences.
 
-    The batching one writes without buckets: sort by length, cut into
-    batches of `batch_size`, shuffle the batches (with `seed`), pad each to
-    its own longest sequence. Padding is least, but almost every batch has a
-    length of its own. Yields `(x, y, sample_weight)` like
-    `superloop_cell.data.BucketedSequences` (the same weights: `scale` at
-    real steps, 0 at padding, so the loss is the same); the first two
-    batches differ in length, so TensorFlow's input signature leaves T
-    `None`.
-
-    Args:
-        inputs, targets: lists of `(length, features)` and `(length, 1)`
-            arrays.
-        batch_size: rows per batch (the last batch may have fewer).
-        seed: the shuffle's seed.
+    As boundaries of `BucketedSequences`, they give the batching one writes
+    without buckets: sort by length, cut into batches, pad each to its own
+    longest sequence. Least padding, but nearly every batch has a length of
+    its own. (Where equal lengths straddle two batches, a bucket holds more
+    than `batch_size` sequences and has a second, partly filled batch.)
     """
+    ordered = np.sort(np.asarray(lengths))
+    return tuple(sorted({int(ordered[min(i + batch_size, len(ordered)) - 1])
+                         for i in range(0, len(ordered), batch_size)}))
 
-    def __init__(self, inputs, targets, batch_size, seed=0, **kwargs):
-        super().__init__(**kwargs)
-        self._inputs, self._targets = inputs, targets
-        self.lengths = np.array([len(x) for x in inputs])
-        order = np.argsort(self.lengths, kind="stable")
-        groups = [
-            order[i:i + batch_size] for i in range(0, len(order), batch_size)
-        ]
-        rng = np.random.default_rng(seed)
-        groups = [groups[i] for i in rng.permutation(len(groups))]
-        self._groups = groups
-        if len(groups) >= 2 and self.batch_length(1) == self.batch_length(0):
-            for j in range(2, len(groups)):
-                if self.batch_length(j) != self.batch_length(0):
-                    groups[1], groups[j] = groups[j], groups[1]
-                    break
 
-    def __len__(self):
-        return len(self._groups)
-
-    def batch_length(self, index):
-        """The padded length of batch `index`."""
-        return int(self.lengths[self._groups[index]].max())
-
-    def __getitem__(self, index):
-        members = self._groups[index]
-        length = self.batch_length(index)
-        features = self._inputs[0].shape[-1]
-        x = np.zeros((len(members), length, features), "float32")
-        y = np.zeros((len(members), length, 1), "float32")
-        weight = np.zeros((len(members), length), "float64")
-        for row, i in enumerate(members):
-            n = self.lengths[i]
-            x[row, :n] = self._inputs[i]
-            y[row, :n] = self._targets[i]
-            weight[row, :n] = 1.0
-        # As BucketedSequences: the weights sum to weight.size, so Keras'
-        # "sum_over_batch_size" gives the mean over real steps.
-        weight *= weight.size / weight.sum()
-        return x, y, weight.astype(keras.backend.floatx())
+def batches(xs, ys, batch_size, seed, buckets):
+    """`BucketedSequences` with its default boundaries (powers of two) when
+    `buckets`, else with `batch_maxima`."""
+    boundaries = (None if buckets else
+                  batch_maxima([len(x) for x in xs], batch_size))
+    return BucketedSequences(xs, ys, batch_size=batch_size,
+                             boundaries=boundaries, seed=seed)
 
 
 def batch_length(data, index):
-    """The padded length of batch `index` of a `PaddedBatches` or a
-    `BucketedSequences` (the boundary of the bucket of its sequences)."""
-    if isinstance(data, PaddedBatches):
-        return data.batch_length(index)
+    """The padded length of batch `index`: its bucket's boundary."""
     longest = data.lengths[data.batch_indices(index)].max()
     return int(data.boundaries[np.searchsorted(data.boundaries, longest)])
 
@@ -99,7 +60,7 @@ def batch_length(data, index):
 class BatchLengths(keras.callbacks.Callback):
     """The padded length of every batch `fit` trains on, in order.
 
-    Read while the epoch runs: a shuffling dataset draws a new order at
+    Read while the epoch runs: the dataset draws a new order at
     `on_epoch_end`, after the epoch.
     """
 
@@ -110,3 +71,24 @@ class BatchLengths(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         self.lengths.append(batch_length(self.data, batch))
+
+
+class BatchTimer(keras.callbacks.Callback):
+    """Wall time of every `fit` batch and the trace count after it.
+
+    `records` holds `(seconds, traces)` per batch; `counts` is what
+    `measure.count_traces` returned for the model.
+    """
+
+    def __init__(self, counts):
+        super().__init__()
+        self.counts, self.records, self._start = counts, [], None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if logs and "loss" in logs:
+            float(logs["loss"])  # waits for the step
+        self.records.append((time.perf_counter() - self._start,
+                             self.counts["traces"]))

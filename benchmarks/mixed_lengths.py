@@ -10,20 +10,16 @@ same sequences, whose lengths are drawn uniformly from a range (full: 4096
 sequences of 16–512 steps, batch 256; `--quick`: 192 of 16–64, batch 32).
 Every variant runs in a fresh subprocess, one after the other, so its peak
 memory is its own (`VmHWM`) and no variant inherits another's compilations.
+Per variant: wall time from building the model to the end of the last step,
+compilations, each new length's first batch against later ones, the steady
+batch of the most common length, and peak RSS.
 
-Per variant: wall time from building the model to the end of the last step
-(build, compile, the optimizer's variables, every trace and compilation,
-every step), the train step's traces and compilations, the first batch of
-each new length against later batches of that length, the steady batch of
-the most common length (and its FLOP/s against a large GEMM measured in the
-parent on the same backend), and peak RSS.
-
-Data, in two settings:
-- `padded`: sequences sorted by length, cut into batches, each padded to its
-  longest sequence, batches shuffled. Least padding, but nearly every batch
-  has its own length: a compiled train step compiles once per batch.
-- `buckets`: `superloop_cell.data.BucketedSequences` with its default
-  boundaries (powers of two): one shape per bucket.
+Data, in two settings, both `superloop_cell.BucketedSequences`
+(`benchmarks.datasets`):
+- `padded`: boundaries at the longest sequence of each batch of the
+  length-sorted sequences: least padding, but nearly every batch has its own
+  length, so a compiled train step compiles once per batch.
+- `buckets`: the default boundaries (powers of two): one shape per bucket.
 
 Variant names are `MODEL[_xla]/DATA`: `superloop`, `superloop_loop` (the
 same cell with `layer_loop=True`: its fused run walks the layers in a loop,
@@ -105,17 +101,13 @@ def variants_for(backend_name):
                     default = jit_compile and buckets
                 else:
                     default = not jit_compile
-                variants[name] = MixedVariant(
-                    name, model, jit_compile, buckets, default
-                )
+                variants[name] = MixedVariant(name, model, jit_compile,
+                                              buckets, default)
     return variants
 
 
-# `--quick` runs fewer variants by default, to stay within minutes: every
-# model on buckets (its best setting at that size), and one run without
-# buckets for the "buckets against none" target (the looped cell compiled on
-# JAX, whose 6 compilations are the shortest; TensorFlow's default cell
-# uncompiled, which traces once for all lengths).
+# `--quick`: every model on buckets, and one project cell without them (for
+# the "buckets against none" target), to stay within minutes.
 QUICK_VARIANTS = {
     "tensorflow": ("superloop/padded", "superloop_xla/buckets",
                    "superloop_loop_xla/buckets", "straightforward/buckets",
@@ -138,17 +130,12 @@ def build_model(variant, depth):
 
     if variant.model in OURS:
         cell = models.project_cell(
-            depth, layer_loop=variant.model == "superloop_loop"
-        )
+            depth, layer_loop=variant.model == "superloop_loop")
     elif variant.model == "straightforward":
-        cell = models.straightforward_cell(depth, models.UNITS)
+        cell = models.straightforward_cell(depth)
     else:
-        cell = models.gru_stack_cell(depth, models.UNITS)
+        cell = models.gru_stack_cell(depth)
     return models.sequence_model(cell, variant.jit_compile)
-
-
-def flops_kind(variant):
-    return "gru" if variant.model == "gru_stack" else "sgu"
 
 
 def length_costs(records):
@@ -185,16 +172,12 @@ def run_variant(name, size, seed=SEED):
     """Trains one variant one epoch in this process; returns its record."""
     import keras
 
-    from benchmarks import datasets, measure, models
-    from superloop_cell.data import BucketedSequences
+    from benchmarks import datasets, measure
 
     variant = variants_for(backend.active())[name]
     xs, ys = datasets.sequences(size.samples, size.shortest, size.longest,
                                 seed)
-    if variant.buckets:
-        data = BucketedSequences(xs, ys, batch_size=size.batch, seed=seed)
-    else:
-        data = datasets.PaddedBatches(xs, ys, size.batch, seed)
+    data = datasets.batches(xs, ys, size.batch, seed, variant.buckets)
     keras.utils.set_random_seed(seed)
     baseline_mb = measure.peak_rss_mb()
     with measure.JaxCompileTimer() as compiles:
@@ -203,7 +186,7 @@ def run_variant(name, size, seed=SEED):
         counts = measure.count_traces(model)
         # Spares Keras a second trace of the first step (README tip).
         model.optimizer.build(model.trainable_variables)
-        timer = measure.BatchTimer(counts)
+        timer = datasets.BatchTimer(counts)
         seen = datasets.BatchLengths(data)
         model.fit(data, epochs=1, shuffle=False, verbose=0,
                   callbacks=[seen, timer])
@@ -211,11 +194,6 @@ def run_variant(name, size, seed=SEED):
     lengths = seen.lengths
     records = [(n, s, t) for n, (s, t) in zip(lengths, timer.records)]
     costs = length_costs(records)
-    steady_flops = (
-        models.train_flops(flops_kind(variant), size.depth,
-                           costs["steady_length"], size.batch)
-        if costs["steady_s"] else None
-    )
     return {
         "variant": name,
         **asdict(variant),
@@ -226,13 +204,12 @@ def run_variant(name, size, seed=SEED):
         "real_steps": int(sum(len(x) for x in xs)),
         "padded_steps": int(size.batch * sum(lengths)),
         "traces": counts["traces"],
-        "jax_compiles": compiles.as_dict() if compiles.count else None,
+        "jax_compiles": ({"count": compiles.count,
+                          "seconds": compiles.seconds}
+                         if compiles.count else None),
         "first_batch_s": records[0][1],
         "batch_records": records,
         **costs,
-        "steady_gflops": (
-            steady_flops / costs["steady_s"] / 1e9 if steady_flops else None
-        ),
         "baseline_mb": baseline_mb,
         "peak_mb": measure.peak_rss_mb(),
     }
@@ -286,27 +263,15 @@ def target_rows(results, backend_name):
 
 
 def print_report(results):
-    from benchmarks import measure, report
+    from benchmarks import measure
 
     backend_name = results["machine"]["backend"]
-    gemm = results["gemm"]["gflops_best"]
     ours = compiled_name(backend_name)
     walls = {r["variant"]: r.get("wall_s") for r in results["variants"]}
 
     def relative(row):
-        if row.get("wall_s") and walls.get(ours):
-            return row["wall_s"] / walls[ours]
-        return None
-
-    def percent(row):
-        if row.get("steady_gflops") and gemm:
-            return 100 * row["steady_gflops"] / gemm
-        return None
-
-    def delta(row):
-        if "peak_mb" in row:
-            return row["peak_mb"] - row["baseline_mb"]
-        return None
+        return (row["wall_s"] / walls[ours]
+                if row.get("wall_s") and walls.get(ours) else None)
 
     columns = [
         ("variant", "variant", 0),
@@ -320,39 +285,28 @@ def print_report(results):
         ("steady_T", "steady_length", 0),
         ("steady_ms", lambda r: r["steady_s"] * 1e3
          if r.get("steady_s") else None, 1),
-        ("GFLOP/s", "steady_gflops", 2),
-        ("%gemm", percent, 2),
         ("peak_MB", "peak_mb", 0),
-        ("delta_MB", delta, 0),
-        ("note", report.note, 0),
+        ("delta_MB", lambda r: r["peak_mb"] - r["baseline_mb"]
+         if "peak_mb" in r else None, 0),
+        ("note", "note", 0),
     ]
     size = results["config"]["size"]
     measure.log("")
-    measure.log(report.machine_line(results["machine"]))
+    measure.log(measure.machine_line(results["machine"]))
     warning = measure.busy_note(results["machine"])
     if warning:
         measure.log(warning)
     measure.log(
         f"{size['samples']} sequences, lengths uniform on "
         f"{size['shortest']}–{size['longest']}, batch {size['batch']}, depth "
-        f"{size['depth']}, one epoch; GEMM reference {gemm:.1f} GFLOP/s"
+        f"{size['depth']}, one epoch"
     )
-    measure.log(report.table(results["variants"], columns))
-    measure.log(
-        "wall_s: build + compile + fit, to the end of the last step. "
-        "compiles: train-step traces (JAX: each one XLA compilation; "
-        "TensorFlow without XLA: graph traces; TensorFlow with XLA: distinct "
-        "batch shapes, one XLA program each). x_new_len: first batch of a "
-        "length / median later batch of that length (run's first batch "
-        "excluded). steady: median later batch of the most common length."
-    )
+    measure.log(measure.table(results["variants"], columns))
     for target in results["targets"]:
         verdict = "met" if target["met"] else "MISSED"
-        measure.log(
-            f"target: {target['ours']} / {target['against']} = "
-            f"{target['ratio']:.2f} "
-            f"(target ≤ {target['target']}): {verdict}"
-        )
+        measure.log(f"target: {target['ours']} / {target['against']} = "
+                    f"{target['ratio']:.2f} (target ≤ {target['target']}): "
+                    f"{verdict}")
 
 
 def parse_args(argv=None):
@@ -363,7 +317,7 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="192 sequences of 16–64 steps, batch 32")
     parser.add_argument("--size", choices=SIZES, help=argparse.SUPPRESS)
-    parser.add_argument("--backend", choices=backend.BACKENDS)
+    parser.add_argument("--backend", choices=("tensorflow", "jax"))
     parser.add_argument("--variants", help="comma-separated variant names")
     parser.add_argument(
         "--out", help="JSON file (default: benchmarks/out/"
@@ -381,7 +335,7 @@ def main(argv=None):
     parser, args = parse_args(argv)
     backend_name = backend.select(args.backend)
     # After select: Keras is imported here.
-    from benchmarks import measure, report
+    from benchmarks import measure
 
     if args.child:
         spec = json.loads(args.child)
@@ -418,19 +372,15 @@ def main(argv=None):
     )
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     started = time.perf_counter()
-    measure.log(report.machine_line(results["machine"]))
-    results["gemm"] = measure.measure_gemm()
-    measure.log(f"GEMM reference: {results['gemm']['gflops_best']:.1f} "
-                "GFLOP/s")
+    measure.log(measure.machine_line(results["machine"]))
     for name in names:
         spec = {"variant": name, "size": args.size, "seed": SEED}
         record = measure.run_child(
-            "benchmarks.mixed_lengths", ["--child", json.dumps(spec)],
-            timeout_s=args.timeout,
-        )
+            "benchmarks.mixed_lengths", backend_name,
+            ["--child", json.dumps(spec)], args.timeout)
         record.setdefault("variant", name)
         results["variants"].append(record)
-        report.write_json(results, out)
+        measure.write_json(results, out)
         measure.log(
             f"  {name:26s} "
             + (f"{record['wall_s']:7.1f} s, {compilations(record)} compiles, "
@@ -440,7 +390,7 @@ def main(argv=None):
     results["targets"] = target_rows(results, backend_name)
     results["machine"]["load_average_at_end"] = measure.load_average()
     results["elapsed_s"] = time.perf_counter() - started
-    report.write_json(results, out)
+    measure.write_json(results, out)
     print_report(results)
     measure.log(f"results: {out} ({results['elapsed_s']:.0f} s)")
 

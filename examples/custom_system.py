@@ -11,10 +11,13 @@ counts on strings of 100, with deeper nesting than it ever saw. The same
 SGU stack without the system, answering through a Dense layer, is trained
 beside it.
 
-The model is saved and loaded back: registering the class with
-`keras.saving.register_keras_serializable` is all a custom system needs for
-`.keras` files (in the process that loads the file, this module must have
-been imported).
+Before training, `superloop_cell.testing.check_system` runs `Counter`
+through what every built-in system passes (config, `.keras` files, masking,
+unrolling, jit, both mixed-precision policies, finite gradients, bad
+arguments); run it on any system you write. The model is saved and loaded
+back: registering the class with `keras.saving.register_keras_serializable`
+is all a custom system needs for `.keras` files (in the process that loads
+the file, this module must have been imported).
 
     python examples/custom_system.py
 """
@@ -28,6 +31,7 @@ from keras import ops
 from _common import (RoundedAccuracy, Stopwatch, finish, make_parser,
                      prepare, rounded_accuracy, write_traces)
 import superloop_cell as sc
+from superloop_cell.testing import check_system
 
 TASK = "custom_system"
 OPEN, CLOSE = 0, 1
@@ -47,15 +51,18 @@ class Counter(sc.ExternalSystem):
     the total grows. The exact total is the state, for `return_state=True`
     to read.
 
-    Control (`width`): the step, before `tanh`. State: `[total (width)]`,
-    zero at the start. `trace` returns the total.
+    Control (`width`, one field named `control`): the step, before
+    `tanh`. State: `[total (width)]`, zero at the start. `trace` returns
+    the total. Under mixed precision it computes in the compute dtype:
+    `tanh` and a sum neither underflow nor overflow in 16 bits.
 
     Args:
         width: Positive integer, number of independent counters. Default 1.
-        **kwargs: Base `keras.layers.Layer` arguments.
+        **kwargs: `ExternalSystem` arguments (`control_bias`) and base
+            `keras.layers.Layer` arguments.
     """
 
-    def __init__(self, width=1, **kwargs):
+    def __init__(self, *, width=1, **kwargs):
         super().__init__(**kwargs)
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
             raise ValueError(
@@ -103,7 +110,8 @@ def make_data(n, length, rng, min_length=None):
 def build_counter(args):
     """The superloop whose answer is its `Counter`'s final total."""
     cell = sc.SuperloopCell(
-        [sc.SGUCell(args.units) for _ in range(args.depth)], [Counter(1)])
+        [sc.SGUCell(args.units) for _ in range(args.depth)],
+        [Counter(width=1)])
     brackets = keras.Input((None, 2), name="brackets")
     masked = keras.layers.Masking(0.0)(brackets)
     _, *final = keras.layers.RNN(cell, return_state=True)(masked)
@@ -156,10 +164,13 @@ def main(argv=None):
              "test_length": make_data(args.test_samples,
                                       args.test_length, rng)}
 
+    check_system(Counter(width=1), seed=args.seed)
+    print("Counter passes superloop_cell.testing.check_system", flush=True)
+
     clock = Stopwatch()
     model, cell = build_counter(args)
     train(model, x, depth, args,
-          f"superloop: {args.depth}×SGUCell({args.units}), Counter(1)",
+          f"superloop: {args.depth}×SGUCell({args.units}), Counter(width=1)",
           tests["test_length"])
     summary = {"task": TASK, "train_length": args.train_length,
                "test_length": args.test_length}

@@ -28,7 +28,7 @@ Also departures from the paper, on by default (the settings of the runs
 in `docs/tasks.md`, where the results and commands are): `--curriculum N`
 (the longest training length or item count grows over the first N
 epochs, default 5; 0 for none) and `--location-init` (the heads start on
-sharp location addressing, see `set_location_bias`;
+sharp location addressing, see `location_bias`;
 `--no-location-init` for none).
 
     python examples/ntm_tasks.py --task copy
@@ -82,8 +82,11 @@ def input_width(args):
 def build_superloop(args):
     cell = sc.SuperloopCell(
         [sc.SGUCell(args.units) for _ in range(args.depth)],
-        [sc.ContentMemory(slots=args.slots, width=args.mem_width,
-                          read_heads=args.read_heads)],
+        [sc.ContentMemory(
+            slots=args.slots, width=args.mem_width,
+            read_heads=args.read_heads,
+            control_bias=(location_bias(args.read_heads)
+                          if args.location_init else None))],
     )
     x = keras.Input((None, input_width(args)), name="inputs")
     hidden = keras.layers.RNN(cell, return_sequences=True)(x)
@@ -92,27 +95,19 @@ def build_superloop(args):
     return keras.Model(x, bits, name="superloop"), cell
 
 
-def set_location_bias(cell, sharpness=2.0, gate=-3.0, shift=2.0):
-    """Starts every head on location addressing (control bias): gate logit
-    `gate` (the previous weights are kept, g ≈ 0.05) and sharpness logit
-    `sharpness` (γ ≈ 3.1); the write head's shift logits favour the move
-    +1 by `shift` (it walks one slot per step), the read heads' stay 0
-    (no move favoured). The keys, β, erase and add keep their zero bias;
-    everything stays trainable."""
-    memory = cell.systems[0]
-    width = memory.width
-    bias = keras.ops.convert_to_numpy(cell.control_bias).copy()
-    heads = [(0, 2)] + [(3 * width + 6 + h * (width + 6), 1)
-                        for h in range(memory.read_heads)]
-    for base, move in heads:
-        bias[base + width + 1] = gate
-        moves = np.zeros(3)
-        if move == 2:
-            moves[:] = -shift
-            moves[move] = shift
-        bias[base + width + 2:base + width + 5] = moves
-        bias[base + width + 5] = sharpness
-    cell.control_bias.assign(bias)
+def location_bias(read_heads, sharpness=2.0, gate=-3.0, shift=2.0):
+    """The memory's `control_bias` starting every head on location
+    addressing: gate logit `gate` (the previous weights are kept, g ≈ 0.05)
+    and sharpness logit `sharpness` (γ ≈ 3.1); the write head's shift
+    logits favour the move +1 by `shift` (it walks one slot per step), the
+    read heads' stay 0 (no move favoured). The keys, β, erase and add keep
+    their zero bias; everything stays trainable."""
+    bias = {"write_gate": gate, "write_shift": [-shift, -shift, shift],
+            "write_sharpening": sharpness}
+    for h in range(read_heads):
+        bias[f"read{h}_gate"] = gate
+        bias[f"read{h}_sharpening"] = sharpness
+    return bias
 
 
 def build_lstm(args):
@@ -191,7 +186,7 @@ def parse_args(argv):
                         action=argparse.BooleanOptionalAction, default=True,
                         help="start the heads on sharp location addressing "
                         "(write head walking, read heads standing); see "
-                        "set_location_bias")
+                        "location_bias")
     _tasks.add_training_options(
         parser, units=100, epochs=1000, learning_rate=3e-3, pad_multiple=8,
         lstm_layers=3,
@@ -281,8 +276,6 @@ def main(argv=None):
             "then uniform on the full range")
     if args.superloop:
         model, cell = build_superloop(args)
-        if args.location_init:
-            set_location_bias(cell)
         label = (f"superloop {args.task}: {args.depth}×SGUCell("
                  f"{args.units}) + ContentMemory(slots={args.slots}, "
                  f"width={args.mem_width}, read_heads={args.read_heads})")

@@ -71,15 +71,27 @@ def lengths_between(task, low, high):
     return lengths
 
 
-def make_system(task, width, capacity):
-    cls = getattr(sc, SYSTEMS[task])
-    return cls(width, capacity=capacity)
+def gate_bias(task, push, pop):
+    """The memory's `control_bias`: push logits start at `push`, pop logits
+    at `pop`, so that an untrained network keeps what it pushes (otherwise
+    `sigmoid(0) = 0.5` pops half of it at every step). The deque starts as
+    a queue: it pushes on top only, its bottom push starts at `pop`."""
+    if SYSTEMS[task] == "NeuralDeQue":
+        return {"push_top": push, "pop_top": pop, "push_bottom": pop,
+                "pop_bottom": pop}
+    return {"push": push, "pop": pop}
+
+
+def make_system(args, capacity):
+    cls = getattr(sc, SYSTEMS[args.task])
+    bias = gate_bias(args.task, *args.gate_bias) if args.gate_bias else None
+    return cls(width=args.width, capacity=capacity, control_bias=bias)
 
 
 def build_superloop(args, capacity):
     cell = sc.SuperloopCell(
         [sc.SGUCell(args.units) for _ in range(args.depth)],
-        [make_system(args.task, args.width, capacity)],
+        [make_system(args, capacity)],
     )
     tokens = keras.Input((None,), dtype="int32", name="tokens")
     embedded = keras.layers.Embedding(args.vocab + 2, args.embed,
@@ -88,24 +100,6 @@ def build_superloop(args, capacity):
     probabilities = keras.layers.Dense(args.vocab, activation="softmax",
                                        name="readout")(hidden)
     return keras.Model(tokens, probabilities, name="superloop"), cell
-
-
-# Indices of the push and pop logits in each system's control.
-# The deque starts as a queue: it pushes on top only, and its bottom push
-# starts with the pops' bias.
-GATES = {"NeuralStack": ([0], [1]), "NeuralQueue": ([0], [1]),
-         "NeuralDeQue": ([0], [1, 2, 3])}
-
-
-def set_gate_bias(cell, push, pop):
-    """Starts the memory's push logits at `push` and pop logits at `pop`
-    (the control bias), so that an untrained network keeps what it pushes;
-    otherwise `sigmoid(0) = 0.5` pops half of it at every step. For the
-    deque, only the top push gets `push`; the bottom push gets `pop`."""
-    bias = keras.ops.convert_to_numpy(cell.control_bias).copy()
-    pushes, pops = GATES[type(cell.systems[0]).__name__]
-    bias[pushes], bias[pops] = push, pop
-    cell.control_bias.assign(bias)
 
 
 def build_lstm(args):
@@ -293,8 +287,6 @@ def main(argv=None):
             "(lengths uniform up to it), then uniform on the full range")
     if args.superloop:
         model, cell = build_superloop(args, train_capacity)
-        if args.gate_bias:
-            set_gate_bias(cell, *args.gate_bias)
         long_model, _ = build_superloop(args, test_capacity)
 
         def long_copy(trained):

@@ -8,72 +8,49 @@ with them.
 """
 
 import keras
-import numpy as np
 from keras import ops
 
-from superloop_cell import _random
 from superloop_cell.superloop import check_superloop_cell
 
 
 @keras.saving.register_keras_serializable(package="superloop_cell")
 class SuperloopInitialState(keras.layers.Layer):
-    """A superloop's initial state, with the contexts and fresh keys put in.
+    """A superloop's initial state, with the contexts put in.
 
-    Made by `initial_state`; it needs only the state layout, not the cell.
-    Every state starts at zero, or at its row of `start_values`; a context
-    state takes its context, a key state fresh random keys drawn from a
-    `keras.random.SeedGenerator` (one per key state, seeded by its
-    system's `seed`).
+    Made by `initial_state`. It calls the cell's own
+    `initial_states_with(batch, contexts)` — the code behind
+    `SuperloopCell.get_initial_state` — inside the model, so both give the
+    same states (every system's `get_initial_state`, fresh random keys from
+    its `key_generator`) and a learned initial state is trained either
+    way. The cell is the one the `RNN` layer runs: a `.keras` file stores
+    it once and loads it shared.
 
     Args:
-        state_sizes: List of ints, the cell's `state_size`.
-        context_slots: List of ints, the state index of each context.
-        context_shapes: List of tuples, the shape of each context without
-            the batch axis.
-        context_names: Names of the systems that read them, for errors.
-        start_values: Dict from state index (int or its str) to a list of
-            floats, the non-zero starting values of that state (the same
-            for every sample).
-        key_slots: List of ints, the state index of each random key.
-        key_seeds: List of int or None, one seed per key state.
+        cell: The `SuperloopCell`.
 
     Call arguments:
-        inputs: `[sequences, context_0, context_1, ...]`; `sequences` only
-            gives the batch size.
+        inputs: `[sequences, context_0, context_1, ...]`; `sequences` gives
+            the batch size (and the feature width, to build the cell).
 
     Returns:
         A list of `(batch, size)` tensors, one per state.
     """
 
-    def __init__(
-        self, state_sizes, context_slots, context_shapes, context_names,
-        start_values=None, key_slots=(), key_seeds=(), **kwargs,
-    ):
+    def __init__(self, cell, **kwargs):
         super().__init__(**kwargs)
-        self.state_sizes = [int(s) for s in state_sizes]
-        self.context_slots = [int(s) for s in context_slots]
-        self.context_shapes = [tuple(s) for s in context_shapes]
-        self.context_names = list(context_names)
-        self.start_values = {
-            int(slot): [float(v) for v in values]
-            for slot, values in (start_values or {}).items()
-        }
-        self.key_slots = [int(s) for s in key_slots]
-        self.key_seeds = list(key_seeds)
-        self._key_generators = [
-            keras.random.SeedGenerator(seed) for seed in self.key_seeds
-        ]
+        check_superloop_cell(cell)
+        self.cell = cell
+        self._slots, self._shapes, self._names = _context_slots(cell)
 
     def _check(self, shapes):
-        if len(shapes) != len(self.context_slots) + 1:
+        if len(shapes) != len(self._slots) + 1:
             raise ValueError(
-                f"Expected {len(self.context_slots)} context tensor(s) (for "
-                f"{', '.join(self.context_names) or 'no system'}), received "
+                f"Expected {len(self._slots)} context tensor(s) (for "
+                f"{', '.join(self._names) or 'no system'}), received "
                 f"{len(shapes) - 1}."
             )
-        for name, expected, shape in zip(
-            self.context_names, self.context_shapes, shapes[1:]
-        ):
+        for name, expected, shape in zip(self._names, self._shapes,
+                                         shapes[1:]):
             if tuple(shape[1:]) != expected:
                 raise ValueError(
                     f"The context of `{name}` must have shape (batch, "
@@ -82,47 +59,50 @@ class SuperloopInitialState(keras.layers.Layer):
                 )
 
     def build(self, input_shape):
-        self._check(list(input_shape))
+        shapes = list(input_shape)
+        self._check(shapes)
+        # A system's learned initial state is a weight it makes in `build`.
+        if not self.cell.built and len(shapes[0]) == 3 and shapes[0][-1]:
+            self.cell.build((shapes[0][0], shapes[0][-1]))
 
     def call(self, inputs):
         sequences, contexts = inputs[0], inputs[1:]
         self._check([x.shape for x in inputs])
-        batch = ops.shape(sequences)[0]
-        states = []
-        for slot, size in enumerate(self.state_sizes):
-            state = ops.zeros((batch, size), dtype=self.compute_dtype)
-            if slot in self.start_values:
-                state = state + ops.convert_to_tensor(
-                    self.start_values[slot], self.compute_dtype)
-            states.append(state)
-        for slot, context in zip(self.context_slots, contexts):
-            states[slot] = ops.reshape(
-                ops.cast(context, self.compute_dtype),
-                (batch, self.state_sizes[slot]),
-            )
-        for slot, generator in zip(self.key_slots, self._key_generators):
-            states[slot] = _random.draw_keys(batch, generator,
-                                             self.compute_dtype)
-        return states
+        return self.cell.initial_states_with(ops.shape(sequences)[0],
+                                             contexts)
 
     def compute_output_spec(self, inputs):
         batch = inputs[0].shape[0]
         return [
             keras.KerasTensor((batch, size), dtype=self.compute_dtype)
-            for size in self.state_sizes
+            for size in self.cell.state_size
         ]
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "state_sizes": self.state_sizes,
-            "context_slots": self.context_slots,
-            "context_shapes": [list(s) for s in self.context_shapes],
-            "context_names": self.context_names,
-            "start_values": {str(k): v for k, v in self.start_values.items()},
-            "key_slots": self.key_slots,
-            "key_seeds": self.key_seeds,
-        }
+        cell = keras.saving.serialize_keras_object(self.cell)
+        # Marks the cell as shared with the `RNN` layer that runs it, so a
+        # `.keras` file loads both with one cell. Keras marks only the later
+        # of two references itself (it copies the earlier config before it
+        # knows), and this layer always comes first.
+        cell["shared_object_id"] = id(self.cell)
+        return {**super().get_config(), "cell": cell}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["cell"] = keras.saving.deserialize_keras_object(config["cell"])
+        return cls(**config)
+
+
+def _context_slots(cell):
+    """The state index, shape and name of every context of `cell`."""
+    slots, shapes, names = [], [], []
+    for i, system in enumerate(cell.systems):
+        if i in cell.layout.contexts:
+            slots.append(cell.layout.contexts[i])
+            shapes.append(tuple(system.context_shape))
+            names.append(f"systems[{i}] ({type(system).__name__})")
+    return slots, shapes, names
 
 
 @keras.saving.register_keras_serializable(package="superloop_cell")
@@ -192,35 +172,11 @@ def initial_state(cell, sequences, contexts=()):
     check_superloop_cell(cell)
     if not isinstance(contexts, (list, tuple)):
         contexts = [contexts]
-    layout = cell.layout
-    slots, shapes, names = [], [], []
-    for i, system in enumerate(cell.systems):
-        if i in layout.contexts:
-            slots.append(layout.contexts[i])
-            shapes.append(tuple(system.context_shape))
-            names.append(f"systems[{i}] ({type(system).__name__})")
+    slots, _, names = _context_slots(cell)
     if len(contexts) != len(slots):
         raise ValueError(
             f"Received an invalid value for argument `contexts`: the cell's "
             f"systems read {len(slots)} context(s) ({', '.join(names) or 'none'}),"
             f" but {len(contexts)} were given."
         )
-    start_values, key_slots, key_seeds = {}, [], []
-    for i, (system, indices) in enumerate(zip(cell.systems, layout.systems)):
-        if system.key_state is not None:
-            key_slots.append(indices[system.key_state])
-            key_seeds.append(getattr(system, "seed", None))
-        # Non-zero starting values a system gives every sample (e.g. a
-        # memory's initial fill), read off one sample of its initial state.
-        own_start = system.get_initial_state(1)
-        for j, (slot, value) in enumerate(zip(indices, own_start)):
-            if j == system.key_state or slot in layout.contexts.values():
-                continue
-            row = np.asarray(ops.convert_to_numpy(value), np.float64)[0]
-            if np.any(row != 0):
-                start_values[slot] = row.tolist()
-    layer = SuperloopInitialState(
-        cell.state_size, slots, shapes, names,
-        start_values=start_values, key_slots=key_slots, key_seeds=key_seeds,
-    )
-    return layer([sequences, *contexts])
+    return SuperloopInitialState(cell)([sequences, *contexts])

@@ -30,7 +30,7 @@ AUTO_FUSED_RUN = 15
 AUTO_FUSED = "auto"  # the `fused` value that applies AUTO_FUSED_RUN
 
 
-def _state_structure(cell):
+def state_structure(cell):
     """The cell's `state_size` as a list (Keras accepts a bare int)."""
     size = cell.state_size
     return list(size) if isinstance(size, (list, tuple)) else [size]
@@ -46,7 +46,7 @@ class CellStage:
         self.cell = cell
         self.cells = [cell]
         self.indices = [index]
-        self.structure = _state_structure(cell)
+        self.structure = state_structure(cell)
         self.state_sizes = _validation.flat_state_sizes("cell", self.structure)
         self.output_size = stages_output_size(cell)
 
@@ -59,7 +59,7 @@ class CellStage:
         """`(y, new_states, gates)`: `gates` holds the SGU gate `f` of the
         step when `with_gates` and the cell is an `SGUCell`, else `[]`."""
         if with_gates and is_sgu(self.cell):
-            y, gate = self.cell.step(x, states)
+            y, gate = self.cell.step(x, states, training=training)
             return y, [y], [gate]
         nested = keras.tree.pack_sequence_as(self.structure, list(states))
         y, new_states = self.cell(x, nested, training=training)
@@ -101,7 +101,10 @@ class SGURunStage:
 
     def __call__(self, x, states, training=False, with_gates=False):
         """`(y, new_states, gates)`; `gates` has every layer's `f` when
-        `with_gates`, else is `[]`."""
+        `with_gates`, else is `[]`. In training with dropout in any of its
+        cells the step is computed cell by cell (the cells' own masks)."""
+        if training and any(cell.has_dropout for cell in self.cells):
+            return self._cell_by_cell(x, states[0], with_gates)
         weights = _loops.loop_invariant(self._stacked_weights)
         if not with_gates:
             y, new_states = sgu_run(x, states[0], *weights, loop=self.loop)
@@ -109,6 +112,17 @@ class SGURunStage:
         y, new_states, gates = sgu_run(x, states[0], *weights,
                                        with_gates=True, loop=self.loop)
         return y, [new_states], ops.unstack(gates, len(self.cells))
+
+
+    def _cell_by_cell(self, x, states, with_gates):
+        hs = ops.split(states, len(self.cells), axis=-1)
+        new_states, gates = [], []
+        for cell, h in zip(self.cells, hs):
+            x, gate = cell.step(x, [h], training=True)
+            new_states.append(x)
+            gates.append(gate)
+        return x, [ops.concatenate(new_states, axis=-1)], (
+            gates if with_gates else [])
 
 
 def is_sgu(cell):
@@ -154,5 +168,5 @@ def stages_output_size(cell):
     """Output width of a cell, by the same rule as `keras.layers.RNN`."""
     size = getattr(cell, "output_size", None)
     if size is None:
-        size = _state_structure(cell)[0]
+        size = state_structure(cell)[0]
     return size

@@ -20,6 +20,10 @@ import re
 import keras
 from keras import ops
 
+# Keras' RNN draws the dropout masks of a cell of this class before its
+# loop and clears them after (see `get_dropout_mask`).
+from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
+
 from superloop_cell import _validation
 from superloop_cell._random import KEY_SIZE
 from superloop_cell.stages import (
@@ -27,6 +31,7 @@ from superloop_cell.stages import (
     is_sgu,
     plan_stages,
     stages_output_size,
+    state_structure,
 )
 from superloop_cell.state_layout import StateLayout, SuperloopState
 from superloop_cell.systems.base import ExternalSystem
@@ -104,6 +109,7 @@ def _check_system(index, system):
                 f"states of size {KEY_SIZE}, got {key_state!r} (state sizes "
                 f"{list(sizes)})."
             )
+    system.check_control_layout()
     labels = system.trace_labels
     if not isinstance(labels, dict):
         raise TypeError(
@@ -200,7 +206,7 @@ def _trace_option(trace, cells, systems):
 
 
 @keras.saving.register_keras_serializable(package="superloop_cell")
-class SuperloopCell(keras.layers.Layer):
+class SuperloopCell(DropoutRNNCell, keras.layers.Layer):
     """A recurrent stack and its external systems as one Keras 3 RNN cell.
 
     Use it like any cell: `keras.layers.RNN(SuperloopCell(...))` runs the
@@ -225,7 +231,10 @@ class SuperloopCell(keras.layers.Layer):
             weights; a checkpoint loads whatever `fused` says); the fused
             run keeps the graph from growing with depth, but its batched
             ops have a fixed cost per step that short runs do not earn
-            back. A fused run's states are one state of `depth·units`.
+            back. A fused run's states are one state of `depth·units`. In
+            training, a run with dropout in any of its cells computes the
+            step cell by cell (the cells' own masks, which Keras draws once
+            per sequence, as for any cell with dropout).
         layer_loop: How a fused run walks its layers within a step: written
             out (False: the fewest ops per step) or in a loop over groups of
             layers (True: the graph, and with it the time to trace and to
@@ -371,22 +380,24 @@ class SuperloopCell(keras.layers.Layer):
             width = stage.output_size
         if self.systems:
             # One projection for all systems; each system may bring the
-            # initializers of its own columns.
-            def sliced(attribute):
-                return _SlicedInitializer([
-                    (s.control_size,
-                     getattr(s, attribute) or getattr(self, attribute))
-                    for s in self.systems
-                ])
-
+            # initializers of its own columns, and starting values for its
+            # named control fields (`control_bias={...}`).
             self.control_kernel = self.add_weight(
                 shape=(self.y_size, self.control_size),
-                initializer=sliced("control_kernel_initializer"),
+                initializer=_SlicedInitializer([
+                    (s.control_size, s.control_kernel_initializer
+                     or self.control_kernel_initializer)
+                    for s in self.systems
+                ]),
                 name="control_kernel",
             )
             self.control_bias = self.add_weight(
                 shape=(self.control_size,),
-                initializer=sliced("control_bias_initializer"),
+                initializer=_SlicedInitializer([
+                    (s.control_size,
+                     s.control_bias_start(self.control_bias_initializer))
+                    for s in self.systems
+                ]),
                 name="control_bias",
             )
             for system in self.systems:
@@ -453,6 +464,15 @@ class SuperloopCell(keras.layers.Layer):
         return self.layout.split(states).systems[index]
 
     def get_initial_state(self, batch_size=None):
+        """The states at the start of a sequence, for `keras.layers.RNN`.
+
+        Zeros for the output, the feedback and the cells' states, and each
+        system's `get_initial_state(batch_size)` (called here, inside the
+        model, so a learned initial state is trained). A cell whose systems
+        read per-sample data raises: build its states with
+        `superloop_cell.initial_state(cell, sequences, contexts)`, which
+        calls `initial_states_with` — the same code with the data put in.
+        """
         for i, system in enumerate(self.systems):
             if system.context_shape is not None:
                 raise ValueError(
@@ -463,20 +483,43 @@ class SuperloopCell(keras.layers.Layer):
                     "sequences, contexts)` and pass it as "
                     "`keras.layers.RNN(cell)(sequences, initial_state=...)`."
                 )
+        return self.initial_states_with(batch_size, ())
+
+    def initial_states_with(self, batch_size, contexts):
+        """`get_initial_state(batch_size)` with each context in place.
+
+        Args:
+            batch_size: Int or scalar tensor.
+            contexts: One `(batch, *context_shape)` tensor per system that
+                reads a context, in the order of `systems` (checked by
+                `superloop_cell.initial_state`).
+
+        Returns:
+            The flat list of `(batch, size)` states, in the compute dtype.
+        """
+        contexts = iter(contexts)
 
         def zeros(size):
             return ops.zeros((batch_size, size), dtype=self.compute_dtype)
 
+        systems = []
+        for system in self.systems:
+            states = [ops.cast(s, self.compute_dtype)
+                      for s in system.get_initial_state(batch_size)]
+            if system.context_shape is not None:
+                context = next(contexts, None)
+                if context is not None:
+                    states[-1] = ops.reshape(
+                        ops.cast(context, self.compute_dtype),
+                        (batch_size, system.state_size[-1]),
+                    )
+            systems.append(states)
         state = SuperloopState(
             output=zeros(self.output_size),
             feedback=zeros(self.feedback_size) if self.systems else None,
             stages=[[zeros(s) for s in stage.state_sizes]
                     for stage in self._stages],
-            systems=[
-                [ops.cast(s, self.compute_dtype)
-                 for s in system.get_initial_state(batch_size)]
-                for system in self.systems
-            ],
+            systems=systems,
         )
         return self.layout.join(state)
 
@@ -501,6 +544,45 @@ class SuperloopCell(keras.layers.Layer):
                 "SuperloopCell expects floating-point inputs; received dtype "
                 f"{dtype}. Cast the sequences (e.g. `ops.cast(x, 'float32')`)."
             )
+
+    # ---------------------------------------------------------- dropout
+    # The superloop drops nothing itself; its cells' dropout masks (an
+    # `SGUCell`'s, a `GRUCell`'s, ...) are drawn here, once per sequence
+    # before Keras' loop, as Keras does for a cell of its own.
+    dropout = recurrent_dropout = 0.0
+
+    def _dropout_cells(self):
+        """`(cell, input width)` of every cell that keeps dropout masks."""
+        width = self._input_dim + self.feedback_size
+        for stage in self._stages:
+            for cell in stage.cells:
+                if isinstance(cell, DropoutRNNCell):
+                    yield cell, width
+                width = stages_output_size(cell)
+
+    def get_dropout_mask(self, step_input):
+        """Draws every cell's input and recurrent dropout masks for the
+        batch of `step_input` (Keras' RNN calls it before its loop)."""
+        batch = ops.shape(step_input)[0]
+        for cell, width in self._dropout_cells():
+            dtype = cell.compute_dtype
+            cell.get_dropout_mask(ops.zeros((batch, width), dtype))
+            cell.get_recurrent_dropout_mask(
+                ops.zeros((batch, state_structure(cell)[0]), dtype))
+        return None
+
+    def get_recurrent_dropout_mask(self, step_input):
+        return None
+
+    def reset_dropout_mask(self):
+        for cell, _ in self._dropout_cells():
+            cell.reset_dropout_mask()
+
+    def reset_recurrent_dropout_mask(self):
+        for cell, _ in self._dropout_cells():
+            cell.reset_recurrent_dropout_mask()
+
+    # ------------------------------------------------------------- step
 
     def call(self, inputs, states, training=False):
         self._check_step_input(inputs)

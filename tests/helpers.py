@@ -8,7 +8,9 @@ import pytest
 import superloop_cell as sc
 from superloop_cell.stages import is_sgu
 
-TENSORFLOW = keras.backend.backend() == "tensorflow"
+BACKEND = keras.backend.backend()
+TENSORFLOW = BACKEND == "tensorflow"
+TORCH = BACKEND == "torch"
 
 # TensorFlow-only tooling (TensorBoard writers and graphs, SavedModel
 # export, tf.distribute): skipped on other backends, and only these.
@@ -29,14 +31,15 @@ def value_and_gradients(fn, variables=(), inputs=(), compiled=False):
         compiled: Whether to run it as one graph (`tf.function` on
             TensorFlow, `jax.jit` on JAX) rather than op by op: much
             faster for long sequences, where TensorFlow's eager loop runs
-            Python at every step.
+            Python at every step. Ignored on torch, which always runs op
+            by op (eager autograd).
 
     Returns:
         `(value, variable_grads, input_grads)` as NumPy arrays; a gradient
         that does not depend on the variable or input is zeros.
     """
     variables, inputs = list(variables), list(inputs)
-    if TENSORFLOW:
+    if BACKEND == "tensorflow":
         import tensorflow as tf
 
         def taped(*tensors):
@@ -53,6 +56,8 @@ def value_and_gradients(fn, variables=(), inputs=(), compiled=False):
         value, grads = taped(*[tf.convert_to_tensor(x) for x in inputs])
         grads = [np.asarray(g) for g in grads]
         return np.asarray(value), grads[:len(variables)], grads[len(variables):]
+    if BACKEND == "torch":
+        return _torch_value_and_gradients(fn, variables, inputs)
     import jax
 
     def pure(values, xs):
@@ -68,19 +73,54 @@ def value_and_gradients(fn, variables=(), inputs=(), compiled=False):
             [np.asarray(g) for g in d_inputs])
 
 
+def _torch_value_and_gradients(fn, variables, inputs):
+    # Fresh leaf tensors stand in for the variables (as on JAX), so a
+    # variable Keras made without `requires_grad` (not trainable) is
+    # differentiated too.
+    import torch
+
+    def leaf(x):
+        tensor = keras.ops.convert_to_tensor(x)
+        return tensor.detach().clone().requires_grad_(True)
+
+    values = [leaf(v.value) for v in variables]
+    tensors = [leaf(x) for x in inputs]
+    with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+        value = fn(*tensors)
+    leaves = values + tensors
+    if value.requires_grad:
+        grads = torch.autograd.grad(value, leaves, allow_unused=True)
+    else:  # `fn` depends on none of them (through a stop_gradient, say).
+        grads = [None] * len(leaves)
+    grads = [torch.zeros_like(x) if g is None else g
+             for x, g in zip(leaves, grads)]
+    grads = [to_numpy(g) for g in grads]
+    return to_numpy(value), grads[:len(variables)], grads[len(variables):]
+
+
 def compiled_value(fn, variables):
     """`fn()` compiled once, reading `variables`' values at every call.
 
     For finite differences: assign a perturbed value to a variable, call
     the result, and the compiled graph sees the new value without being
     traced again. `tf.function` on TensorFlow; on JAX, `jax.jit` of `fn`
-    with the variables' values as arguments.
+    with the variables' values as arguments; on torch not compiled: `fn`
+    run eagerly without recording gradients, so every call reads the
+    variables as they are.
     """
     variables = list(variables)
-    if TENSORFLOW:
+    if BACKEND == "tensorflow":
         import tensorflow as tf
 
         return tf.function(fn)
+    if BACKEND == "torch":
+        import torch
+
+        def eager():
+            with torch.no_grad():
+                return fn()
+
+        return eager
     import jax
 
     @jax.jit
@@ -89,6 +129,12 @@ def compiled_value(fn, variables):
             return fn()
 
     return lambda: pure([v.value for v in variables])
+
+
+def to_numpy(x):
+    """`x` (a tensor of any backend, one that records gradients included,
+    or a nest of them) as NumPy arrays."""
+    return keras.tree.map_structure(keras.ops.convert_to_numpy, x)
 
 
 def sgu_layers(cell):

@@ -254,8 +254,9 @@ _LENGTHS = list(range(3, 25))  # 22 lengths, buckets 12 and 24
 _BOUNDARIES = [12, 24]
 
 
-def _counting_model():
-    # Python in `train_step` runs only while it is traced.
+def _counting_model(jit_compile=True):
+    # Python in `train_step` runs only while it is traced (on torch, at
+    # every step).
     class Counting(keras.Model):
         traced_shapes = []
 
@@ -265,11 +266,11 @@ def _counting_model():
 
     inner = _model()
     model = Counting(inner.input, inner.output)
-    model.compile("sgd", "mse", jit_compile=True)
+    model.compile("sgd", "mse", jit_compile=jit_compile)
     return model
 
 
-def _fit_and_trace(dump_to=None):
+def _fit_and_trace(dump_to=None, jit_compile=True):
     """Fits 2 epochs of `_LENGTHS` and returns the shapes `train_step` was
     traced with and, with `dump_to` (on TensorFlow), the number of train
     steps XLA compiled, read from the modules that XLA_FLAGS=--xla_dump_to=
@@ -281,7 +282,7 @@ def _fit_and_trace(dump_to=None):
     # Both buckets end with a partial batch, filled up to 4 rows.
     assert {data[b][0].shape for b in range(len(data))} == {
         (4, 12, 2), (4, 24, 2)}
-    model = _counting_model()
+    model = _counting_model(jit_compile)
     model.fit(data, epochs=2, verbose=0)
     compiled = None
     if dump_to is not None:
@@ -301,6 +302,17 @@ print("compiled", compiled)
 
 
 def test_one_compilation_per_bucket_not_per_length(tmp_path):
+    if keras.backend.backend() == "torch":
+        # Keras' torch trainer runs the step eagerly (`jit_compile=True`
+        # would hand it to torch.compile): nothing to count but the shapes,
+        # one per bucket, at every batch.
+        traced, _ = _fit_and_trace(jit_compile=False)
+        batches = len(BucketedSequences(*_sequences(_LENGTHS, seed=5),
+                                        batch_size=4,
+                                        boundaries=_BOUNDARIES))
+        assert set(traced) == {(4, 12, 2), (4, 24, 2)}
+        assert len(traced) == 2 * batches, (len(traced), batches)
+        return
     if keras.backend.backend() == "jax":
         # Under jax.jit, a trace is a compilation: one per input shape.
         traced, _ = _fit_and_trace()

@@ -172,7 +172,7 @@ def test_custom_system_depth_is_opens_minus_closes_and_never_negative():
 
 
 def test_counter_counts_and_round_trips_its_config():
-    counter = custom_system.Counter(2)
+    counter = custom_system.Counter(width=2)
     total = np.array([[1.0, -2.0]], "float32")
     control = np.array([[20.0, -20.0]], "float32")  # tanh → ±1
     output, (new_total,) = counter(control, [total])
@@ -182,7 +182,7 @@ def test_counter_counts_and_round_trips_its_config():
         keras.saving.serialize_keras_object(counter))
     assert isinstance(clone, custom_system.Counter) and clone.width == 2
     with pytest.raises(ValueError, match="width"):
-        custom_system.Counter(0)
+        custom_system.Counter(width=0)
 
 
 def test_find_last_two_goes_on_from_a_saved_model(tmp_path):

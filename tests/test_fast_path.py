@@ -5,16 +5,26 @@ import keras
 import numpy as np
 
 import superloop_cell as sc
-from helpers import TENSORFLOW
+from helpers import TENSORFLOW, TORCH
 
 
 def _train_graph_size(depth, fused=True):
     """Ops in the traced gradient step: TensorFlow graph nodes (with its
-    function library), or JAX equations (with every sub-jaxpr)."""
+    function library), JAX equations (with every sub-jaxpr), or the nodes
+    of the autograd graph torch records for a 3-step sequence."""
     cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(depth)],
                             [sc.RegisterMemory(registers=2, width=2)], fused=fused)
     layer = keras.layers.RNN(cell, return_sequences=True)
     layer(np.zeros((1, 2, 2), "float32"))
+    if TORCH:
+        loss = keras.ops.sum(layer(np.zeros((1, 3, 2), "float32")))
+        seen, pending = set(), [loss.grad_fn]
+        while pending:
+            node = pending.pop()
+            if node is not None and node not in seen:
+                seen.add(node)
+                pending.extend(n for n, _ in node.next_functions)
+        return len(seen)
     if TENSORFLOW:
         import tensorflow as tf
 
@@ -67,6 +77,11 @@ def test_graph_does_not_grow_with_depth():
     if TENSORFLOW:
         # The weights are stacked once outside the while loop.
         assert deep < 1.15 * small, (small, deep)
+    elif TORCH:
+        # Per layer: its 3 weights (leaves) and reading each at each of
+        # the 3 steps; the fused run itself is one node per step.
+        print(small, deep, fused_per_layer, unfused_per_layer)
+        assert fused_per_layer <= 15, (small, deep)
     else:
         # JAX traces the stacking of the 3 weights into the program: per
         # layer one stacked operand each, one slice of each gradient.
@@ -108,6 +123,10 @@ def test_fit_on_padded_dataset_traces_per_backend():
         # Keras traces the step on the first batch (TF 2.21 traces it
         # twice there); new lengths later in the epoch and epoch 2 add none.
         assert 1 <= len(traces) <= 2, len(traces)
+    elif TORCH:
+        # Keras' torch trainer runs the step eagerly: once per batch, any
+        # length, nothing compiled.
+        assert len(traces) == 2 * len(lengths), len(traces)
     else:
         # JAX compiles per shape: once per distinct padded length, in the
         # first epoch only (superloop_cell.data.BucketedSequences bounds

@@ -6,7 +6,7 @@ import pytest
 
 import superloop_cell as sc
 from superloop_cell import _random
-from helpers import value_and_gradients
+from helpers import to_numpy, value_and_gradients
 from reference import hard_attention_step, key_uniform, reinforce_loss
 
 ATOL = 1e-5
@@ -114,6 +114,20 @@ def test_reinforce_loss_matches_numpy_and_favours_better_walks():
         sc.reinforce_loss(reward, log_prob, entropy, -1)
 
 
+def test_reinforce_loss_takes_numpy_arrays_on_every_backend():
+    # Rewards often come straight from NumPy; Keras' torch `stop_gradient`
+    # takes tensors only, so the reward is converted before it.
+    rng = np.random.default_rng(21)
+    reward, log_prob, entropy = rng.normal(size=(3, 6)).astype("f4")
+    want = reinforce_loss(reward.astype(np.float64), log_prob, entropy, 0.5)
+    as_tensors = [keras.ops.convert_to_tensor(a) for a in (log_prob, entropy)]
+    for others in ([log_prob, entropy], as_tensors):
+        got = sc.reinforce_loss(reward, *others, 0.5)
+        assert keras.ops.is_tensor(got) and tuple(got.shape) == (6,)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(got), want,
+                                   atol=ATOL)
+
+
 def test_untrained_head_walks_forward_and_trains_under_fit():
     keras.utils.set_random_seed(4)
     cell = sc.SuperloopCell([sc.SGUCell(4)], [sc.HardAttention(positions=6, width=1, seed=4)])
@@ -201,8 +215,8 @@ def test_a_fixed_seed_repeats_the_sampled_walks_and_each_batch_is_fresh():
     x = [np.zeros((64, 8, 0), "f4"), np.zeros((64, 6, 1), "f4")]
 
     def walks(model):
-        position, log_prob = model(x, training=True)
-        return np.asarray(position), np.asarray(log_prob)
+        position, log_prob = to_numpy(model(x, training=True))
+        return position, log_prob
 
     first = _walker(seed=11)
     run_1, run_2 = walks(first), walks(first)

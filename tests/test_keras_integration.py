@@ -57,8 +57,8 @@ def test_go_backwards_equals_the_reversed_sequence():
                                    x[:, ::-1])), atol=ATOL)
 
 
-def test_mixed_precision_trains_with_finite_losses():
-    policy = "mixed_float16" if TENSORFLOW else "mixed_bfloat16"
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_trains_with_finite_losses(policy):
     keras.config.set_dtype_policy(policy)
     try:
         cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(3)],

@@ -216,7 +216,7 @@ def _loss(stack, controls, projection):
     total = 0.0
     for t in range(controls.shape[0]):
         read, states = stack(controls[t], states)
-        total += keras.ops.sum(read * projection[t])
+        total += keras.ops.sum(keras.ops.multiply(read, projection[t]))
     return total + keras.ops.sum(states[0] * projection[0, :, :1])
 
 
@@ -283,7 +283,7 @@ def test_no_nan_or_inf_at_saturated_strengths():
         for t in range(9):
             read, states, trace = stack(controls[t], states, traces=True)
             reads.append(read)
-            total += keras.ops.sum(read * projection[t])
+            total += keras.ops.sum(keras.ops.multiply(read, projection[t]))
             total += keras.ops.sum(trace["read_weights"])
         final["reads"], final["states"] = reads, states
         return total

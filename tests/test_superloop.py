@@ -9,7 +9,7 @@ import pytest
 
 import superloop_cell as sc
 from superloop_cell.cells import sgu_run
-from helpers import (TENSORFLOW, compiled_value, randomize, rnn_model,
+from helpers import (BACKEND, compiled_value, randomize, rnn_model,
                      sgu_layers, value_and_gradients)
 from reference import superloop_run
 
@@ -104,6 +104,48 @@ def test_fused_equals_unfused_outputs_states_and_gradients(
     assert [tuple(w.shape) for w in unfused.trainable_weights] == [
         tuple(w.shape) for w in fused.trainable_weights]
     for w, ga, gb in zip(unfused.trainable_weights, grads_a, grads_b):
+        np.testing.assert_allclose(ga, gb, atol=ATOL, err_msg=w.path)
+
+
+@pytest.mark.parametrize("depth, looped", [(4, False), (9, True)])
+def test_fused_gate_trace_gradients_equal_the_unfused_cells(
+        monkeypatch, depth, looped):
+    # A loss on the traced SGU gates trains through the fused run's gate
+    # output, whose gradient is hand-written too (the `d_gates` branch).
+    if looped:
+        monkeypatch.setattr(sgu_run, "LAYERS_PER_ITERATION", 4)
+    make = lambda fused: sc.SuperloopCell(  # noqa: E731
+        [sc.SGUCell(5) for _ in range(depth)],
+        [sc.NeuralStack(width=2, capacity=4)], fused=fused,
+        layer_loop=looped, trace=True)
+    unfused, fused = make(False), make(True)
+    assert fused.fused_runs == 1 and unfused.fused_runs == 0
+    gates = [name for name in sc.trace_names(fused.cells, fused.systems)
+             if name.endswith("/gate")]
+    assert len(gates) == depth
+    m_unfused = rnn_model(unfused, 2, return_sequences=True)
+    m_fused = rnn_model(fused, 2, return_sequences=True)
+    randomize(unfused, seed=5)
+    m_fused.set_weights(m_unfused.get_weights())
+    x = np.random.default_rng(1).normal(size=(3, 6, 2)).astype("float32")
+    weights = np.random.default_rng(2).normal(
+        size=(fused.output_size,)).astype("float32")
+
+    def run(model, cell):
+        def loss(x):
+            # Every output column weighted: y, the gates, the stack traces.
+            return keras.ops.sum(keras.ops.sin(model(x)) * weights)
+
+        value, d_weights, (d_x,) = value_and_gradients(
+            loss, cell.trainable_weights, [x])
+        return value, d_x, d_weights
+
+    value_a, d_x_a, grads_a = run(m_unfused, unfused)
+    value_b, d_x_b, grads_b = run(m_fused, fused)
+    np.testing.assert_allclose(value_a, value_b, atol=ATOL)
+    np.testing.assert_allclose(d_x_a, d_x_b, atol=ATOL)
+    for w, ga, gb in zip(unfused.trainable_weights, grads_a, grads_b):
+        assert np.any(ga != 0), w.path
         np.testing.assert_allclose(ga, gb, atol=ATOL, err_msg=w.path)
 
 
@@ -300,7 +342,7 @@ def test_no_external_input_only_length_matters():
 def _float64():
     """Keras' floatx float64 (and JAX's 64-bit mode on JAX)."""
     keras.config.set_floatx("float64")
-    if not TENSORFLOW:
+    if BACKEND == "jax":
         import jax
 
         jax.config.update("jax_enable_x64", True)
@@ -308,7 +350,7 @@ def _float64():
         yield
     finally:
         keras.config.set_floatx("float32")
-        if not TENSORFLOW:
+        if BACKEND == "jax":
             jax.config.update("jax_enable_x64", False)
 
 
@@ -412,9 +454,10 @@ def test_config_round_trip():
 
 
 # JAX always compiles the step (`jit_compile=False` there runs it op by op,
-# a debugging mode many times slower); TensorFlow runs it either way.
-@pytest.mark.parametrize("jit_compile", [False, True] if TENSORFLOW
-                         else [True])
+# a debugging mode many times slower); TensorFlow runs it either way; torch
+# runs it eagerly (`True` would hand it to torch.compile).
+@pytest.mark.parametrize("jit_compile", {"tensorflow": [False, True],
+                                         "jax": [True]}.get(BACKEND, [False]))
 def test_fit_lowers_loss_on_a_learnable_task(jit_compile):
     # Running sum of the input: needs memory across steps.
     rng = np.random.default_rng(12)

@@ -346,9 +346,34 @@ def _upstream(args, upstream, count):
     return tuple(upstream)
 
 
+def _torch_run(outputs, loop):
+    """`_run` as a `torch.autograd.Function`: Keras' torch `custom_gradient`
+    takes one upstream gradient and saves every input for backward, where
+    the run has two or three outputs. Autograd hands `backward` one
+    gradient per output (zeros for an unused one)."""
+    import torch
+
+    class Run(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, states, kernel, recurrent_kernel, bias):
+            results, ctx.grad = _run(x, states, kernel, recurrent_kernel,
+                                     bias, loop)
+            return tuple(results[:outputs])
+
+        @staticmethod
+        def backward(ctx, *upstream):
+            grads = ctx.grad(*upstream)
+            ctx.grad = None  # frees the saved forward values
+            return grads
+
+    return Run.apply
+
+
 def _custom_run(with_gates, loop):
     """`_run` with its hand-written gradient, for one `with_gates`, `loop`."""
     outputs = 3 if with_gates else 2
+    if keras.backend.backend() == "torch":
+        return _torch_run(outputs, loop)
 
     @ops.custom_gradient
     def run(x, states, kernel, recurrent_kernel, bias):

@@ -5,6 +5,7 @@ from keras import ops
 
 from superloop_cell import _validation
 from superloop_cell.systems import _soft_ops
+from superloop_cell.systems._precision import computes_in_float32
 from superloop_cell.systems.base import ExternalSystem
 
 
@@ -63,7 +64,13 @@ class SoftList(ExternalSystem):
             "strengths": self.capacity,
             "read_weights": self.capacity,
         }
+        self.check_control_layout()
 
+    @property
+    def control_layout(self):
+        return [("push", 1), ("pop", 1), ("value", self.width)]
+
+    @computes_in_float32
     def call(self, control, states, training=False, traces=False):
         push, pop, value = ops.split(control, [1, 2], axis=-1)
         push, pop = ops.sigmoid(push), ops.sigmoid(pop)

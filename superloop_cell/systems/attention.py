@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from superloop_cell import _validation
+from superloop_cell.systems._precision import computes_in_float32
 from superloop_cell.systems.base import ExternalSystem
 
 FALLOFFS = ("linear", "squared", "gaussian")
@@ -67,6 +68,9 @@ class Attention(ExternalSystem):
             `"gaussian"`, sharpness ≥ 3) it reads one slot's value exactly
             instead of a blend of neighbours; a move smaller than half a
             slot is no move.
+        control_bias: None (default) or a dict from control field to float, the
+            field's starting value in the superloop's `control_bias`. Fields
+            (`control_layout`): `"move"`.
         **kwargs: Base `keras.layers.Layer` arguments.
     """
 
@@ -110,6 +114,11 @@ class Attention(ExternalSystem):
         self.control_bias_initializer = keras.initializers.Constant(
             1.5 if self.integer_moves else 0.9
         )
+        self.check_control_layout()
+
+    @property
+    def control_layout(self):
+        return [("move", 1)]
 
     def _position_and_weights(self, control, position):
         move = ops.softsign(control)
@@ -138,6 +147,7 @@ class Attention(ExternalSystem):
             weights = weights / ops.sum(weights, axis=-1, keepdims=True)
         return position, weights
 
+    @computes_in_float32
     def call(self, control, states, training=False, traces=False):
         position, data = states
         position, weights = self._position_and_weights(control, position)

@@ -8,6 +8,7 @@ from keras import ops
 from superloop_cell import _validation
 from superloop_cell.systems import _soft_ops
 from superloop_cell.systems._soft_ops import softmax
+from superloop_cell.systems._precision import computes_in_float32
 from superloop_cell.systems.base import ExternalSystem
 
 # The value every memory cell starts from: small, but not zero, so that an
@@ -186,6 +187,12 @@ class ContentMemory(ExternalSystem):
         slots: Positive integer, number of memory rows.
         width: Positive integer, values per row.
         read_heads: Positive integer `R`, number of read heads. Default 1.
+        control_bias: None (default) or a dict from control field to float, the
+            field's starting value in the superloop's `control_bias`. Fields
+            (`control_layout`): `"write_key"`, `"write_strength"`,
+            `"write_gate"`, `"write_shift"`, `"write_sharpening"`, `"erase"`,
+            `"add"`, then per read head `h` `"read{h}_key"` …
+            `"read{h}_sharpening"`.
         **kwargs: Base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -230,6 +237,21 @@ class ContentMemory(ExternalSystem):
         for h in range(self.read_heads):
             self.trace_sizes[f"read_weights_{h}"] = self.slots
         self.trace_labels = {name: "slot" for name in self.trace_sizes}
+        self.check_control_layout()
+
+    @property
+    def control_layout(self):
+        """The write head's fields (`write_key` … `write_sharpening`,
+        `erase`, `add`), then each read head's (`read0_key` …)."""
+        def head(prefix):
+            return [(f"{prefix}_key", self.width), (f"{prefix}_strength", 1),
+                    (f"{prefix}_gate", 1), (f"{prefix}_shift", _SHIFTS),
+                    (f"{prefix}_sharpening", 1)]
+
+        layout = head("write") + [("erase", self.width), ("add", self.width)]
+        for h in range(self.read_heads):
+            layout += head(f"read{h}")
+        return layout
 
     def get_initial_state(self, batch_size=None):
         """Memory filled with `MEMORY_INIT`, every head's weights one-hot
@@ -257,6 +279,7 @@ class ContentMemory(ExternalSystem):
             + ops.unstack(state.read_weights, self.read_heads, axis=1)
         )
 
+    @computes_in_float32
     def call(self, control, states, training=False, traces=False):
         state = self._unflatten(states)
         write, read = ops.split(control, [self._write_size], axis=-1)

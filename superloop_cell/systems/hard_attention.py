@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from superloop_cell import _random, _validation
+from superloop_cell.systems._precision import computes_in_float32
 from superloop_cell.systems.base import ExternalSystem
 
 MOVES = (-1.0, 0.0, 1.0)
@@ -57,6 +58,10 @@ class HardAttention(ExternalSystem):
             probability 0.79, so it walks over the data.
         seed: Optional integer seed of the keys the moves are sampled
             from (None: a different walk every run).
+        control_bias: None (default) or a dict from control field to float, the
+            field's starting value in the superloop's `control_bias`. Fields
+            (`control_layout`): `"back"`, `"stay"`, `"forward"` (the move
+            logits; `forward_bias` is the default start of `"forward"`).
         **kwargs: Base `keras.layers.Layer` arguments.
     """
 
@@ -90,7 +95,13 @@ class HardAttention(ExternalSystem):
             [0.0, 0.0, self.forward_bias]
         )
         self.key_generator = keras.random.SeedGenerator(seed)
+        self.check_control_layout()
 
+    @property
+    def control_layout(self):
+        return [("back", 1), ("stay", 1), ("forward", 1)]
+
+    @computes_in_float32
     def call(self, control, states, training=False, traces=False):
         position, log_prob, entropy, key, data = states
         log_pi = _log_softmax(control)
@@ -156,7 +167,7 @@ def reinforce_loss(reward, log_prob, entropy=None, entropy_weight=0.0):
     """
     entropy_weight = _validation.non_negative_float("entropy_weight",
                                                     entropy_weight)
-    reward = ops.stop_gradient(reward)
+    reward = ops.stop_gradient(ops.convert_to_tensor(reward))
     advantage = reward - ops.mean(reward)
     advantage = advantage / (ops.std(advantage) + 1e-3)
     loss = -advantage * log_prob

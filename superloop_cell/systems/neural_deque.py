@@ -7,6 +7,7 @@ from keras import ops
 from superloop_cell import _validation
 from superloop_cell.systems import _soft_ops
 from superloop_cell.systems._soft_ops import strength_above, strength_below
+from superloop_cell.systems._precision import computes_in_float32
 from superloop_cell.systems.base import ExternalSystem
 
 
@@ -114,6 +115,10 @@ class NeuralDeQue(ExternalSystem):
         width: Positive integer, values per element.
         capacity: Positive integer `K`, how many steps back the deque
             remembers; it has `2·K` slots.
+        control_bias: None (default) or a dict from control field to float, the
+            field's starting value in the superloop's `control_bias`. Fields
+            (`control_layout`): `"push_top"`, `"pop_top"`, `"push_bottom"`,
+            `"pop_bottom"`, `"value_top"`, `"value_bottom"`.
         **kwargs: Base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -153,7 +158,15 @@ class NeuralDeQue(ExternalSystem):
             "top_weights": slots,
             "bottom_weights": slots,
         }
+        self.check_control_layout()
 
+    @property
+    def control_layout(self):
+        return [("push_top", 1), ("pop_top", 1), ("push_bottom", 1),
+                ("pop_bottom", 1), ("value_top", self.width),
+                ("value_bottom", self.width)]
+
+    @computes_in_float32
     def call(self, control, states, training=False, traces=False):
         gates, value_top, value_bottom = ops.split(
             control, [4, 4 + self.width], axis=-1

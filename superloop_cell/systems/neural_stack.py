@@ -52,6 +52,9 @@ class NeuralStack(SoftList):
         width: Positive integer, values per element.
         capacity: Positive integer `K`, number of slots: how many steps
             back the stack remembers.
+        control_bias: None (default) or a dict from control field to float, the
+            field's starting value in the superloop's `control_bias`. Fields
+            (`control_layout`): `"push"`, `"pop"`, `"value"`.
         **kwargs: Base `keras.layers.Layer` arguments.
 
     Call arguments:

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from superloop_cell import _validation
+from superloop_cell.systems._precision import computes_in_float32
 from superloop_cell.systems._soft_ops import softmax
 from superloop_cell.systems.base import ExternalSystem
 
@@ -26,6 +27,9 @@ class RegisterMemory(ExternalSystem):
     Args:
         registers: Positive integer, number of registers.
         width: Positive integer, values per register.
+        control_bias: None (default) or a dict from control field to float, the
+            field's starting value in the superloop's `control_bias`. Fields
+            (`control_layout`): `"store"`, `"recall"`, `"data"`.
         **kwargs: Base `keras.layers.Layer` arguments.
 
     Example:
@@ -46,6 +50,12 @@ class RegisterMemory(ExternalSystem):
         self.state_size = [self.registers * self.width]
         self.trace_sizes = {"store": self.registers, "recall": self.registers}
         self.trace_labels = {"store": "register", "recall": "register"}
+        self.check_control_layout()
+
+    @property
+    def control_layout(self):
+        return [("store", self.registers), ("recall", self.registers),
+                ("data", self.width)]
 
     def _split(self, control):
         # One split and one softmax over (batch, 2, depth) for both address
@@ -56,6 +66,7 @@ class RegisterMemory(ExternalSystem):
         store, recall = ops.unstack(weights, 2, axis=1)
         return store, recall, data
 
+    @computes_in_float32
     def call(self, control, states, training=False, traces=False):
         store, recall, data = self._split(control)
         memory = ops.reshape(states[0], (-1, self.registers, self.width))
