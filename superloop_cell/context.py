@@ -179,4 +179,9 @@ def initial_state(cell, sequences, contexts=()):
             f"systems read {len(slots)} context(s) ({', '.join(names) or 'none'}),"
             f" but {len(contexts)} were given."
         )
+    shape = getattr(sequences, "shape", ())
+    if not cell.built and len(shape) == 3 and shape[-1] is not None:
+        # Built here, outside the initial-state layer's name scope, its
+        # weights keep the paths the RNN layer would give them.
+        cell.build((None, shape[-1]))
     return SuperloopInitialState(cell)([sequences, *contexts])

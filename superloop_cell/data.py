@@ -170,8 +170,11 @@ class BucketedSequences(keras.utils.PyDataset):
     If the model's output carries a Keras mask (e.g. `keras.layers.Masking`
     before an RNN with `return_sequences=True`, as a `Bidirectional` RNN
     needs), Keras already divides by the number of unmasked steps: pass
-    `normalize_weights=False` for plain 1/0 weights there. Filler rows are
-    all padding, so the mask covers them too.
+    `normalize_weights=False` for plain 1/0 weights there (the loss and
+    gradients are then again those of the unpadded sequences). Filler rows
+    are all padding, so the mask covers them too. A loss compiled with
+    `reduction="mean_with_sample_weight"` is exact with plain weights
+    whether or not the output carries a mask.
 
     The `tf.data` route (`tf.data.Dataset.bucket_by_sequence_length` with
     `pad_to_bucket_boundary=True`) and its differences are described in

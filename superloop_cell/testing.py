@@ -169,13 +169,14 @@ class _Harness:
         config = {k: v for k, v in self.config.items() if k != "dtype"}
         return type(self.system).from_config(config)
 
-    def model(self, system=None, steps=None, unroll=False, masked=False,
-              head=False):
-        """`[x, *contexts] → [y (batch, T, units), *final states]`, or with
-        `head` a `Dense(1)` on `y` (for `fit`)."""
+    def model(self, system=None, any_length=False, unroll=False,
+              masked=False, head=False):
+        """`[x, *contexts] → [y (batch, T, units), *final states]` (T the
+        harness's `steps`, or any with `any_length`), or with `head` a
+        `Dense(1)` on `y` (for `fit`)."""
         system = system if system is not None else self.fresh_system()
         cell = SuperloopCell([SGUCell(self.units)], [system])
-        x = keras.Input((steps if steps is not None else self.steps,
+        x = keras.Input((None if any_length else self.steps,
                          self.features))
         contexts = [keras.Input(c.shape[1:]) for c in self.contexts]
         rnn = keras.layers.RNN(cell, return_sequences=True,
@@ -320,8 +321,8 @@ class _Harness:
 
     def check_masking_equals_trimming(self):
         model, _, _ = self.reference()
-        masked, cell = self.model(steps=None, masked=True)
-        trimmed, _ = self.model(steps=None)
+        masked, cell = self.model(any_length=True, masked=True)
+        trimmed, _ = self.model(any_length=True)
         masked.set_weights(model.get_weights())
         trimmed.set_weights(model.get_weights())
         lengths = [self.steps - (i % self.steps) for i in

@@ -1,6 +1,8 @@
 """Shared test helpers: weights out of a cell, small models, randomising,
 and gradients on any backend."""
 
+import contextlib
+
 import keras
 import numpy as np
 import pytest
@@ -19,6 +21,38 @@ tensorflow_only = pytest.mark.skipif(
     reason="TensorFlow-only feature (TensorBoard tooling, SavedModel "
            "export, tf.distribute or TensorFlow graphs)",
 )
+
+
+@contextlib.contextmanager
+def float64(floatx=True):
+    """Float64 maths for a finite-difference check, on every backend.
+
+    Sets Keras' floatx to float64 (with `floatx`), turns on JAX's 64-bit
+    mode on JAX, and on torch lifts Keras' type-promotion rule that maps
+    float64 to float32 on every backend but TensorFlow
+    (`keras.src.backend.common.dtypes.BIT64_TO_BIT32_DTYPE`, which follows
+    JAX's default): under it `keras.ops.matmul` of two float64 tensors
+    computes in float32 on torch, and finite differences of 1e-6 vanish.
+    """
+    from keras.src.backend.common import dtypes
+
+    previous = dtypes.BIT64_TO_BIT32_DTYPE.get("float64")
+    if floatx:
+        keras.config.set_floatx("float64")
+    if BACKEND == "jax":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    if TORCH:
+        dtypes.BIT64_TO_BIT32_DTYPE["float64"] = "float64"
+    try:
+        yield
+    finally:
+        keras.config.set_floatx("float32")
+        if BACKEND == "jax":
+            jax.config.update("jax_enable_x64", False)
+        if TORCH:
+            dtypes.BIT64_TO_BIT32_DTYPE["float64"] = previous
 
 
 def value_and_gradients(fn, variables=(), inputs=(), compiled=False):

@@ -595,7 +595,7 @@ def _loss_fn(system, states, projection):
         outputs, traces, final = unroll(system, controls, states)
         total = 0.0
         for t, output in enumerate(outputs):
-            total += keras.ops.sum(output * projection[t])
+            total += keras.ops.sum(keras.ops.multiply(output, projection[t]))
             total += sum(keras.ops.sum(v) for v in traces[t].values())
         return total + sum(keras.ops.sum(s) for s in final)
     return loss
@@ -688,7 +688,8 @@ def test_gradient_matches_finite_differences_of_the_reference(name):
 
     def loss(c):
         outputs, _, _ = unroll(system, c)
-        return sum(keras.ops.sum(o * projection[t].astype("f4"))
+        return sum(keras.ops.sum(keras.ops.multiply(o, projection[t]
+                                                    .astype("f4")))
                    for t, o in enumerate(outputs))
 
     _, analytic = _grad(loss, controls.astype("f4"))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import superloop_cell as sc
-from helpers import value_and_gradients
+from helpers import float64, to_numpy, value_and_gradients
 from superloop_cell.systems.neural_stack import NeuralStack
 
 ATOL = 1e-5
@@ -217,20 +217,15 @@ def _loss(stack, controls, projection):
     for t in range(controls.shape[0]):
         read, states = stack(controls[t], states)
         total += keras.ops.sum(keras.ops.multiply(read, projection[t]))
-    return total + keras.ops.sum(states[0] * projection[0, :, :1])
+    return total + keras.ops.sum(keras.ops.multiply(states[0],
+                                                    projection[0, :, :1]))
 
 
 @pytest.fixture
 def x64():
-    """JAX's 64-bit mode for a float64 test (TensorFlow has it anyway)."""
-    if keras.backend.backend() != "jax":
+    """Float64 maths on every backend (floatx left alone)."""
+    with float64(floatx=False):
         yield
-        return
-    import jax
-
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", False)
 
 
 def test_tanh_keeps_float64_and_float32(x64):
@@ -291,6 +286,7 @@ def test_no_nan_or_inf_at_saturated_strengths():
     loss(controls)
     reads, states = final["reads"], final["states"]  # eager values
     _, _, (gradient,) = value_and_gradients(loss, inputs=[controls])
+    reads, states = [to_numpy(r) for r in reads], [to_numpy(s) for s in states]
     assert np.all(np.isfinite(np.stack(reads)))
     assert np.all(np.isfinite(states[0])) and np.all(np.isfinite(states[1]))
     assert np.all(np.isfinite(gradient))

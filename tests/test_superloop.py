@@ -1,16 +1,14 @@
 """SuperloopCell: wiring against NumPy, fused vs unfused, loop vs unroll,
 masking, variable length, gradients, saving, training."""
 
-import contextlib
-
 import keras
 import numpy as np
 import pytest
 
 import superloop_cell as sc
 from superloop_cell.cells import sgu_run
-from helpers import (BACKEND, compiled_value, randomize, rnn_model,
-                     sgu_layers, value_and_gradients)
+from helpers import (BACKEND, compiled_value, float64, randomize, rnn_model,
+                     sgu_layers, to_numpy, value_and_gradients)
 from reference import superloop_run
 
 ATOL = 1e-5
@@ -88,7 +86,7 @@ def test_fused_equals_unfused_outputs_states_and_gradients(
 
         _, d_weights, (d_x,) = value_and_gradients(
             loss, cell.trainable_weights, [x])
-        return model(x), d_x, d_weights
+        return [to_numpy(o) for o in model(x)], d_x, d_weights
 
     a, d_x_a, grads_a = run(m_unfused, unfused)
     b, d_x_b, grads_b = run(m_fused, fused)
@@ -134,7 +132,8 @@ def test_fused_gate_trace_gradients_equal_the_unfused_cells(
     def run(model, cell):
         def loss(x):
             # Every output column weighted: y, the gates, the stack traces.
-            return keras.ops.sum(keras.ops.sin(model(x)) * weights)
+            return keras.ops.sum(
+                keras.ops.multiply(keras.ops.sin(model(x)), weights))
 
         value, d_weights, (d_x,) = value_and_gradients(
             loss, cell.trainable_weights, [x])
@@ -210,7 +209,7 @@ def test_mixed_cells_fall_back_and_match_step_by_step():
     states = cell.get_initial_state(2)
     for t in range(5):
         y, states = cell(x[:, t], states)
-        np.testing.assert_allclose(out[:, t], y, atol=ATOL)
+        np.testing.assert_allclose(out[:, t], to_numpy(y), atol=ATOL)
 
 
 @pytest.mark.parametrize("fused, depth", [(True, 3), (True, 7), (False, 3)])
@@ -232,7 +231,7 @@ def test_unroll_and_loop_give_same_outputs_and_gradients(monkeypatch, fused,
         _, grads, _ = value_and_gradients(
             lambda: keras.ops.sum(keras.ops.sin(model(x))),
             model.trainable_weights)
-        return model(x), grads
+        return to_numpy(model(x)), grads
 
     out_a, grads_a = outputs_and_grads(m_loop)
     out_b, grads_b = outputs_and_grads(m_unroll)
@@ -338,25 +337,9 @@ def test_no_external_input_only_length_matters():
     np.testing.assert_allclose(p10, sys_states[0], atol=ATOL)
 
 
-@contextlib.contextmanager
-def _float64():
-    """Keras' floatx float64 (and JAX's 64-bit mode on JAX)."""
-    keras.config.set_floatx("float64")
-    if BACKEND == "jax":
-        import jax
-
-        jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        keras.config.set_floatx("float32")
-        if BACKEND == "jax":
-            jax.config.update("jax_enable_x64", False)
-
-
 @pytest.mark.parametrize("fused", [True, False])
 def test_gradients_match_finite_differences(fused):
-    with _float64():
+    with float64():
         cell = sc.SuperloopCell([sc.SGUCell(3), sc.SGUCell(3), sc.SGUCell(3)],
                                 [sc.RegisterMemory(registers=2, width=2), sc.Attention(positions=3, width=1)],
                                 fused=fused)
@@ -370,7 +353,8 @@ def test_gradients_match_finite_differences(fused):
         def loss():
             # No `ops.sin` here: on JAX it computes in float32.
             out = model([x, d])
-            return keras.ops.sum(out * projection + keras.ops.square(out))
+            return keras.ops.sum(keras.ops.multiply(out, projection)
+                                 + keras.ops.square(out))
 
         _, grads, _ = value_and_gradients(loss, cell.trainable_weights)
         loss = compiled_value(loss, cell.trainable_weights)

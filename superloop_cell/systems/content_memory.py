@@ -276,7 +276,7 @@ class ContentMemory(ExternalSystem):
         return (
             [ops.reshape(state.memory, (-1, self.slots * self.width)),
              state.write_weights]
-            + ops.unstack(state.read_weights, self.read_heads, axis=1)
+            + list(ops.unstack(state.read_weights, self.read_heads, axis=1))
         )
 
     @computes_in_float32
