@@ -226,7 +226,8 @@ class SuperloopCell(DropoutRNNCell, keras.layers.Layer):
             width) is computed: as one stacked layer with a hand-written
             gradient (see `stages.py`), or cell by cell. `"auto"` (default)
             fuses runs of 15 or more layers (a stack of 16 or more
-            `SGUCell`s), True every run of two or more, False none. Outputs
+            `SGUCell`s; on torch, 7 or more: a stack of 8), True every run
+            of two or more, False none. Outputs
             and weights are the same either way (each `SGUCell` owns its
             weights; a checkpoint loads whatever `fused` says); the fused
             run keeps the graph from growing with depth, but its batched
@@ -239,7 +240,9 @@ class SuperloopCell(DropoutRNNCell, keras.layers.Layer):
             out (False: the fewest ops per step) or in a loop over groups of
             layers (True: the graph, and with it the time to trace and to
             compile with XLA, does not grow with depth, at some cost per
-            step). `"auto"` (default) loops in runs of more than 32 layers.
+            step). `"auto"` (default) loops in runs of more than 32 layers
+            on TensorFlow and JAX, never on torch (which compiles nothing:
+            the loop there only costs).
             Compiled training on many sequence shapes (a new shape, a new
             compilation) gains from True; long training on few shapes from
             False. Outputs and weights are the same either way.
@@ -252,6 +255,12 @@ class SuperloopCell(DropoutRNNCell, keras.layers.Layer):
             carries only those, and computes only the components they
             come from: cheap enough to train on, e.g. a loss on the head's
             position at every step.
+        output_feedback: Whether the cell's output at step t also carries
+            what the systems returned at step t, computed from `y_t`:
+            `[y_t, feedback_t]` (the readout of the NTM and the DNC, whose
+            output layer sees the memory read of the same step). Default
+            False: `y_t` only, the reads reaching the output through the
+            stack at step t+1. A masked step keeps the whole output.
         **kwargs: Base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -262,8 +271,10 @@ class SuperloopCell(DropoutRNNCell, keras.layers.Layer):
         training: Passed to the cells and systems.
 
     Output shape:
-        `(y, new_states)`, `y` of shape `(batch, cells[-1].output_size)`
-        (with `trace=True`, the traces follow `y` in the same tensor).
+        `(output, new_states)`: `output` is `y`, of shape `(batch,
+        cells[-1].output_size)`; with `output_feedback=True` `[y,
+        feedback]`, `(batch, y_size + feedback_size)`; with `trace`, the
+        traces follow in the same tensor (`split_output` takes it apart).
 
     Example:
 
@@ -285,6 +296,7 @@ class SuperloopCell(DropoutRNNCell, keras.layers.Layer):
         fused="auto",
         layer_loop="auto",
         trace=False,
+        output_feedback=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -318,6 +330,14 @@ class SuperloopCell(DropoutRNNCell, keras.layers.Layer):
         self.trace, self._trace_selection = _trace_option(
             trace, self.cells, self.systems
         )
+        self.output_feedback = _validation.boolean(
+            "output_feedback", output_feedback)
+        if self.output_feedback and not self.systems:
+            raise ValueError(
+                "Received an invalid value for argument `output_feedback`: "
+                "True needs at least one system to read from, but `systems` "
+                "is empty."
+            )
         self.control_kernel_initializer = keras.initializers.get(
             control_kernel_initializer
         )
@@ -329,7 +349,11 @@ class SuperloopCell(DropoutRNNCell, keras.layers.Layer):
         self.y_size = stages_output_size(self.cells[-1])
         self.component_names = _component_names(self.cells, self.systems)
         self.trace_layout = self._trace_layout() if self.trace else []
-        self.output_size = self.y_size + sum(w for _, w in self.trace_layout)
+        # The output: [y, feedback (with `output_feedback`), traces...].
+        self.output_size = (
+            self.y_size + self.output_feedback * self.feedback_size
+            + sum(w for _, w in self.trace_layout)
+        )
         # Keras' RNN reads `state_size` when it is constructed, so the stage
         # plan (and with it the state layout) depends on the cells alone.
         self._stages = plan_stages(self.cells, self.fused, self.layer_loop)
@@ -428,23 +452,34 @@ class SuperloopCell(DropoutRNNCell, keras.layers.Layer):
         selection = self._trace_selection
         return self.trace and (selection is None or name in selection)
 
-    def split_output(self, outputs):
-        """Splits the output of a `trace=True` cell into `y` and its traces.
+    def split_output(self, outputs, with_feedback=False):
+        """Splits the cell's output into `y`, the systems' outputs (with
+        `output_feedback=True`) and the traces (with `trace`).
 
         Args:
             outputs: `(..., output_size)`: a NumPy array or tensor, e.g. the
                 `(batch, time, output_size)` of `return_sequences=True`.
+            with_feedback: Whether to return the feedback part too.
 
         Returns:
-            `(y, traces)`: `y` is `(..., y_size)`; `traces` maps names such
-            as `"sgu_3/gate"`, `"attention/weights"` to `(..., width)`.
+            `(y, traces)`, or with `with_feedback` `(y, feedback, traces)`:
+            `y` is `(..., y_size)`; `feedback` `(..., feedback_size)`, what
+            the systems returned at the same step (None without
+            `output_feedback`); `traces` maps names such as
+            `"sgu_3/gate"`, `"attention/weights"` to `(..., width)`.
         """
         y = outputs[..., : self.y_size]
-        traces = {}
         start = self.y_size
+        feedback = None
+        if self.output_feedback:
+            feedback = outputs[..., start : start + self.feedback_size]
+            start += self.feedback_size
+        traces = {}
         for name, width in self.trace_layout:
             traces[name] = outputs[..., start : start + width]
             start += width
+        if with_feedback:
+            return y, feedback, traces
         return y, traces
 
     def split_states(self, states):
@@ -566,9 +601,11 @@ class SuperloopCell(DropoutRNNCell, keras.layers.Layer):
         batch = ops.shape(step_input)[0]
         for cell, width in self._dropout_cells():
             dtype = cell.compute_dtype
-            cell.get_dropout_mask(ops.zeros((batch, width), dtype))
-            cell.get_recurrent_dropout_mask(
-                ops.zeros((batch, state_structure(cell)[0]), dtype))
+            if getattr(cell, "dropout", 0) > 0:
+                cell.get_dropout_mask(ops.zeros((batch, width), dtype))
+            if getattr(cell, "recurrent_dropout", 0) > 0:
+                cell.get_recurrent_dropout_mask(
+                    ops.zeros((batch, state_structure(cell)[0]), dtype))
         return None
 
     def get_recurrent_dropout_mask(self, step_input):
@@ -641,7 +678,11 @@ class SuperloopCell(DropoutRNNCell, keras.layers.Layer):
                 ops.concatenate(outputs, axis=-1)
                 if len(outputs) > 1 else outputs[0]
             )
-        output = self._with_traces(y, traces)
+        output = y
+        if self.output_feedback:
+            output = ops.concatenate([y, ops.cast(feedback, y.dtype)],
+                                     axis=-1)
+        output = self._with_traces(output, traces)
         return output, self.layout.join(
             SuperloopState(output, feedback, stage_states, system_states)
         )
@@ -689,6 +730,7 @@ class SuperloopCell(DropoutRNNCell, keras.layers.Layer):
                 if self._trace_selection is None
                 else list(self._trace_selection)
             ),
+            "output_feedback": self.output_feedback,
         }
 
     @classmethod

@@ -64,12 +64,14 @@ def attention_step(control, position, data, falloff="linear",
 
 
 def superloop_run(x_seq, layers, control_kernel, control_bias, systems,
-                  contexts=None):
+                  contexts=None, output_feedback=False):
     """Runs a superloop of SGU layers over (batch, T, features).
 
     layers: list of (kernel, recurrent_kernel, bias).
     systems: list of dicts {"kind": "register"|"attention", ...params}.
-    Returns (outputs (batch, T, units), final dict with positions/memories).
+    output_feedback: whether each step's output is `[y_t, feedback_t]`
+        (the systems' outputs of the same step) rather than `y_t`.
+    Returns (outputs (batch, T, width), final dict with positions/memories).
     """
     batch, steps, _ = x_seq.shape
     hs = [np.zeros((batch, r.shape[0]), np.float64) for _, r, _ in layers]
@@ -88,8 +90,8 @@ def superloop_run(x_seq, layers, control_kernel, control_bias, systems,
             hs[i] = sgu_step(u, hs[i], k, r, b)
             u = hs[i]
         y = u
-        outputs.append(y)
         if not systems:
+            outputs.append(y)
             continue
         controls = y @ control_kernel + control_bias
         start = 0
@@ -110,6 +112,8 @@ def superloop_run(x_seq, layers, control_kernel, control_bias, systems,
             start += size
             fed.append(out)
         feedback = np.concatenate(fed, axis=-1)
+        outputs.append(np.concatenate([y, feedback], axis=-1)
+                       if output_feedback else y)
     return np.stack(outputs, axis=1), sys_state, hs
 
 

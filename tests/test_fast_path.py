@@ -80,7 +80,6 @@ def test_graph_does_not_grow_with_depth():
     elif TORCH:
         # Per layer: its 3 weights (leaves) and reading each at each of
         # the 3 steps; the fused run itself is one node per step.
-        print(small, deep, fused_per_layer, unfused_per_layer)
         assert fused_per_layer <= 15, (small, deep)
     else:
         # JAX traces the stacking of the 3 weights into the program: per

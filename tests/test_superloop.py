@@ -7,6 +7,7 @@ import pytest
 
 import superloop_cell as sc
 from superloop_cell.cells import sgu_run
+from superloop_cell.stages import AUTO_FUSED_RUN
 from helpers import (BACKEND, compiled_value, float64, randomize, rnn_model,
                      sgu_layers, to_numpy, value_and_gradients)
 from reference import superloop_run
@@ -22,13 +23,16 @@ def _attention_model(cell, steps, features, positions, width, **rnn_kwargs):
     return keras.Model([seq, data], outputs)
 
 
-@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("fused, output_feedback", [
+    (True, False), (False, False), (True, True), (False, True)])
 @pytest.mark.parametrize("depth", [1, 4])
-def test_matches_numpy_with_register_memory_and_attention(fused, depth):
+def test_matches_numpy_with_register_memory_and_attention(
+        fused, output_feedback, depth):
     positions, width = 5, 2
     systems = [sc.RegisterMemory(registers=3, width=4), sc.Attention(positions=positions, width=width)]
     cell = sc.SuperloopCell([sc.SGUCell(6) for _ in range(depth)], systems,
-                            fused=fused)
+                            fused=fused, output_feedback=output_feedback)
+    assert cell.output_size == 6 + output_feedback * (4 + 2)
     model = _attention_model(cell, None, 3, positions, width,
                              return_sequences=True)
     randomize(cell, scale=0.6, seed=depth)
@@ -42,8 +46,50 @@ def test_matches_numpy_with_register_memory_and_attention(fused, depth):
         keras.ops.convert_to_numpy(cell.control_bias),
         [{"kind": "register", "depth": 3, "width": 4},
          {"kind": "attention", "width": width}],
-        contexts=[None, data])
+        contexts=[None, data], output_feedback=output_feedback)
     np.testing.assert_allclose(out, ref, atol=ATOL)
+
+
+def test_output_feedback_with_masking_traces_and_config():
+    cell = sc.SuperloopCell(
+        [sc.SGUCell(4) for _ in range(3)],
+        [sc.NeuralStack(width=2, capacity=6),
+         sc.RegisterMemory(registers=2, width=3)],
+        fused=True, output_feedback=True, trace=["neural_stack/strengths"])
+    assert cell.output_size == 4 + (2 + 3) + 6
+    inp = keras.Input((None, 2))
+    masked = keras.layers.Masking(0.0)(inp)
+    out, *final = keras.layers.RNN(cell, return_sequences=True,
+                                   return_state=True)(masked)
+    model = keras.Model(inp, [out, *final])
+    randomize(cell, seed=4)
+    x = np.random.default_rng(6).normal(size=(2, 6, 2)).astype("f4")
+    x[0, 4:] = 0.0  # sequence 0 has 4 steps
+    got = [to_numpy(o) for o in model(x)]
+    alone = [to_numpy(o) for o in model(x[:1, :4])]
+    # A masked step keeps the whole output: y, the feedback, the traces.
+    np.testing.assert_allclose(got[0][0, :4], alone[0][0], atol=ATOL)
+    np.testing.assert_allclose(got[0][0, 4:], np.repeat(
+        alone[0][0, 3:4], 2, axis=0), atol=ATOL)
+    for a, b in zip(got[1:], alone[1:]):
+        np.testing.assert_allclose(a[:1], b, atol=ATOL)
+    y, feedback, traces = cell.split_output(got[0], with_feedback=True)
+    assert y.shape[-1] == 4 and feedback.shape[-1] == 5
+    assert list(traces) == ["neural_stack/strengths"]
+    # The feedback part is what the systems returned at that step: the
+    # feedback state after it.
+    final_feedback = cell.split_states(got[1:]).feedback
+    np.testing.assert_allclose(feedback[:, -1], final_feedback, atol=ATOL)
+    np.testing.assert_allclose(cell.split_output(got[0])[0], y)
+    config = cell.get_config()
+    assert config["output_feedback"] is True
+    clone = sc.SuperloopCell.from_config(config)
+    assert clone.output_feedback and clone.output_size == cell.output_size
+    with pytest.raises(ValueError, match="`output_feedback`"):
+        sc.SuperloopCell([sc.SGUCell(4)], output_feedback=True)
+    with pytest.raises(TypeError, match="`output_feedback`"):
+        sc.SuperloopCell([sc.SGUCell(4)], [sc.RegisterMemory(
+            registers=2, width=2)], output_feedback="yes")
 
 
 def _loop_runs_deeper_than_4(monkeypatch):
@@ -176,11 +222,20 @@ def test_weights_and_checkpoints_do_not_depend_on_fused(tmp_path, depth):
                                atol=ATOL)
 
 
+def test_auto_settings_per_backend():
+    # Chosen by measurement per backend (see stages.py and sgu_run.py): on
+    # torch, with nothing compiled, runs fuse sooner and never loop.
+    torch = BACKEND == "torch"
+    assert AUTO_FUSED_RUN == (7 if torch else 15)
+    assert sgu_run.UNROLL_UP_TO == (None if torch else 32)
+
+
 @pytest.mark.parametrize("fused, depth, runs", [
-    ("auto", 15, 0), ("auto", 16, 1), (True, 3, 1), (False, 16, 0)])
+    ("auto", AUTO_FUSED_RUN, 0), ("auto", AUTO_FUSED_RUN + 1, 1),
+    (True, 3, 1), (False, 16, 0)])
 def test_which_runs_are_fused(fused, depth, runs):
-    # "auto" (the default) fuses runs of 15 or more SGU layers after
-    # cells[0], i.e. stacks of 16 or more.
+    # "auto" (the default) fuses runs of AUTO_FUSED_RUN or more SGU layers
+    # after cells[0].
     cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(depth)],
                             fused=fused)
     assert cell.fused_runs == runs

@@ -140,7 +140,11 @@ class SGUCell(DropoutRNNCell, keras.layers.Layer):
         self.recurrent_dropout = _dropout_rate("recurrent_dropout",
                                                recurrent_dropout)
         self.seed = _validation.optional_int("seed", seed)
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        # The masks' random state (a non-trainable variable), only in a
+        # cell that drops something: a cell without dropout keeps the
+        # weights, and the checkpoints, it always had.
+        self.seed_generator = (keras.random.SeedGenerator(seed)
+                               if self.has_dropout else None)
         self.state_size = self.units
         self.output_size = self.units
 

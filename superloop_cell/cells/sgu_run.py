@@ -18,7 +18,7 @@ axis, and keeps the per-layer chain to what must be sequential:
 On a CPU each op costs microseconds of overhead whatever its size and the
 products of a 16-unit layer are tiny, so the number of ops per layer on the
 chain and the number of passes over the batched tensors set the step time
-(a profile is in benchmarks/RESULTS.md). The run saves, per step, its states and,
+(profiles of earlier rounds are in docs/history.md). The run saves, per step, its states and,
 stacked along the layer axis, every layer's input, its `s` and its candidate
 `c`, instead of the dozen intermediates per layer that automatic
 differentiation keeps. Saving `s` and `c` rather than the pre-activations
@@ -65,10 +65,17 @@ from superloop_cell.cells.sgu import CANDIDATE_NEGATIVE_SLOPE, sgu_step
 # LAYERS_PER_ITERATION layers (written out inside the loop body) plus a
 # written-out tail of `depth % group` layers. A written-out chain has fewer
 # ops per step; a looped one traces and compiles in a time that does not grow
-# with the run's depth (the trade is measured in benchmarks/RESULTS.md, "The
-# layer loop"). The group size is per backend: TensorFlow without XLA runs
-# the loop op by op, where larger groups step faster.
-UNROLL_UP_TO = 32
+# with the run's depth (`python -m benchmarks.ab --a layer_loop=False --b
+# layer_loop=True` measures the trade). The group size is per backend:
+# TensorFlow without XLA runs the loop op by op, where larger groups step
+# faster.
+# On torch nothing is traced or compiled (Keras' loop runs the step op by op),
+# so a loop saves nothing and costs per step: runs of any depth are written
+# out there unless `loop=True` (at depth 48, batch 32, T 16 a train step
+# took 1.24× as long with the loop: `python -m benchmarks.ab --backend torch
+# --depth 48 --steps 16 --batch 32 --a fused=True,layer_loop=False
+# --b fused=True,layer_loop=True`).
+UNROLL_UP_TO = {"torch": None}.get(keras.backend.backend(), 32)
 LAYERS_PER_ITERATION = {"tensorflow": 8}.get(keras.backend.backend(), 4)
 
 
@@ -86,7 +93,8 @@ def sgu_run(x, states, kernel, recurrent_kernel, bias, with_gates=False,
             values the forward pass computed; gradients flow through them).
         loop: Whether to walk the layers in a loop over groups of
             `LAYERS_PER_ITERATION` (True) or written out (False). None
-            (default): a loop when `depth > UNROLL_UP_TO`.
+            (default): a loop when `depth > UNROLL_UP_TO` (never on
+            torch).
 
     Returns:
         `(y, new_states)`: the last layer's new `h`, `(batch, units)` (the
@@ -97,7 +105,7 @@ def sgu_run(x, states, kernel, recurrent_kernel, bias, with_gates=False,
         `(depth, batch, units)`.
     """
     if loop is None:
-        loop = kernel.shape[0] > UNROLL_UP_TO
+        loop = UNROLL_UP_TO is not None and kernel.shape[0] > UNROLL_UP_TO
     run = _RUNS[bool(with_gates), bool(loop)]
     if with_gates:
         y, new_states, s = run(x, states, kernel, recurrent_kernel, bias)
