@@ -18,12 +18,13 @@ This compares, on the same model (`SuperloopCell` of `depth` `SGUCell(16)` +
   run, its weights stacked at every step);
 - `fused_cached`: `fused=True` with the stacked weights computed once per
   RNN call instead of once per step (a measurement patch of the private
-  `SGURunStage._stacked_weights`; the library does not do this).
+  `SGURunStage._stacked_weights`; the library does not do this: it gained
+  about 10 %, short of the 1.5× that would make it worth the special case).
 
 Per variant: the first step (build, compile, first `train_on_batch`) and
 the steady step (median of interleaved rounds), and the steady step relative
 to `eager`. `--predict` times `predict_on_batch` instead (the forward pass
-only), for paths that do not train on torch yet.
+only).
 """
 
 import argparse

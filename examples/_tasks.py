@@ -31,6 +31,7 @@ import keras
 import numpy as np
 
 from _common import BestWeights
+from superloop_cell import mean_loss_weights
 
 TRANSDUCTION_TASKS = ("copy", "reversal", "bigram_flip")
 ITEM_VECTORS = 3
@@ -173,12 +174,6 @@ def bit_errors(probabilities, target, weight):
 
 # --------------------------------------------------------------- training --
 
-def normalized(weight):
-    """Weights scaled so that Keras' "sum_over_batch_size" reduction gives
-    the mean loss over the weighted steps."""
-    return (weight * (weight.size / max(weight.sum(), 1.0))).astype("float32")
-
-
 class FreshBatches(keras.utils.PyDataset):
     """`batches` fresh training batches per epoch, drawn from buckets.
 
@@ -230,7 +225,7 @@ class FreshBatches(keras.utils.PyDataset):
             steps += 1  # a second shape, so the time axis stays free
         drawn = rng.choice(lengths, size=self.batch_size)
         x, target, weight = self.make(drawn, rng, steps)[:3]
-        return x, target, normalized(weight)
+        return x, target, mean_loss_weights(weight).astype("float32")
 
 
 def buckets_for(lengths, steps_of, count):

@@ -7,7 +7,7 @@ extra input at the next step — all inside one cell, so
 """
 
 from superloop_cell.cells.sgu import SGUCell
-from superloop_cell.data import BucketedSequences
+from superloop_cell.data import BucketedSequences, mean_loss_weights
 from superloop_cell.context import StepMask, SuperloopInitialState, initial_state
 from superloop_cell.state_layout import StateLayout, SuperloopState
 from superloop_cell.superloop import SuperloopCell, trace_names
@@ -22,6 +22,8 @@ from superloop_cell.systems.neural_deque import NeuralDeQue
 from superloop_cell.systems.neural_queue import NeuralQueue
 from superloop_cell.systems.neural_stack import NeuralStack
 from superloop_cell.systems.register_memory import RegisterMemory
+# The conformance harness, `superloop_cell.testing.check_system`.
+from superloop_cell import testing
 
 __version__ = "0.1.0"
 
@@ -44,6 +46,7 @@ __all__ = [
     "find_superloop_cell",
     "group_traces",
     "initial_state",
+    "mean_loss_weights",
     "reinforce_loss",
     "trace_names",
     "run_with_traces",

@@ -396,7 +396,18 @@ class BucketedSequences(keras.utils.PyDataset):
                 y[row] = self._targets[i]
                 weight[row] = 1.0
         if self.normalize_weights:
-            # Keras' "sum_over_batch_size" divides by weight.size: make the
-            # weights sum to it, so the loss is the mean over real steps.
-            weight *= weight.size / weight.sum()
+            weight = mean_loss_weights(weight)
         return x, y, weight.astype(keras.backend.floatx())
+
+
+def mean_loss_weights(weight):
+    """`weight` (a batch's `sample_weight`, e.g. 1 on the steps that count
+    and 0 on padding) scaled so that Keras' default reduction,
+    `"sum_over_batch_size"`, which divides the weighted sum by
+    `weight.size`, gives the weighted mean: the weights are made to sum to
+    `weight.size`. All-zero weights stay zero. For a model whose output
+    carries no Keras mask (see `BucketedSequences`).
+    """
+    weight = np.asarray(weight, np.float64)
+    total = weight.sum()
+    return weight * (weight.size / total) if total > 0 else weight
