@@ -26,8 +26,8 @@ MIN_FUSED_RUN = 2
 # fused: the fused run's batched ops have a fixed cost per step that shorter
 # runs do not earn back. On torch, where every op of Keras' eager loop pays
 # dispatch and autograd bookkeeping, the fused run wins sooner: a train step
-# (batch 32, T 16) took 1.04× the unfused cells' at depth 4, 0.81× at 8,
-# 0.70× at 16 (`python -m benchmarks.torch_step --depths 4,8,16 --variants
+# (batch 32, T 16) took 1.07× the unfused cells' at depth 4, 0.81× at 8,
+# 0.67× at 16 (`python -m benchmarks.torch_step --depths 4,8,16 --variants
 # eager,fused`).
 AUTO_FUSED_RUN = {"torch": 7}.get(keras.backend.backend(), 15)
 AUTO_FUSED = "auto"  # the `fused` value that applies AUTO_FUSED_RUN
