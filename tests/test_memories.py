@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import superloop_cell as sc
+from helpers import BACKEND, value_and_gradients
 from reference_memories import (ReferenceDeque, ReferenceQueue, sigmoid,
                                  content_memory_step)
 from superloop_cell.systems.content_memory import MEMORY_INIT, ContentMemory
@@ -27,27 +28,11 @@ def _np(x):
 
 
 def _grad(fn, x):
-    """`(fn(x), ∇fn(x))` for a scalar `fn` of the float array `x`."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        x = tf.convert_to_tensor(x)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = fn(x)
-        return float(y), tape.gradient(y, x).numpy()
-    if backend == "jax":
-        import jax
-
-        y, g = jax.jit(jax.value_and_grad(fn))(jax.numpy.asarray(x))
-        return float(y), np.asarray(g)
-    import torch
-
-    x = torch.tensor(np.asarray(x), requires_grad=True)
-    y = fn(x)
-    y.backward()
-    return float(y.detach()), x.grad.numpy()
+    """`(fn(x), ∇fn(x))` for a scalar `fn` of the float array `x` (compiled
+    on JAX, where op by op costs seconds per new shape)."""
+    value, _, (gradient,) = value_and_gradients(
+        fn, inputs=[x], compiled=BACKEND == "jax")
+    return float(value), gradient
 
 
 def stepper(system, traces=True):
