@@ -180,7 +180,10 @@ class Stopwatch:
 def finish(out, summary):
     """Writes `summary.json` in `out`, prints the summary, returns it."""
     path = out / "summary.json"
-    summary = {**summary, "files": {
+    summary = {**summary, "backend": keras.backend.backend(), "versions": {
+        "superloop_cell": superloop_cell.__version__,
+        "keras": keras.__version__,
+    }, "files": {
         "model": str(out / "model.keras"),
         "traces": str(out / "traces.png"),
         "summary": str(path),
@@ -189,7 +192,7 @@ def finish(out, summary):
     print()
     print(f"== {summary['task']} ==")
     for key, value in summary.items():
-        if key in ("task", "files", "config"):
+        if key in ("task", "files", "config", "versions"):
             continue
         print(f"  {key}: {value}")
     print("  files: " + ", ".join(summary["files"].values()))

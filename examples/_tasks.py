@@ -350,9 +350,48 @@ def reached(key, value, epochs, after=0):
     return done
 
 
+def train(model, args, label, *, loss, make, sizes, steps_of, start,
+          check, score, done, epochs, max_seconds):
+    """Trains `model` as both task scripts do; returns its `Progress`.
+
+    Adam (`args.learning_rate`, gradients clipped to norm
+    `args.clipnorm`) on `loss`; `args.steps` fresh batches of
+    `args.batch_size` per epoch from `make(sizes, rng, steps)`, in
+    `args.buckets` buckets over `sizes` (the training lengths or item
+    counts), each padded to `steps_of(size)` rounded up to
+    `args.pad_multiple`. With `args.curriculum`, the longest size grows
+    from `start` over that many epochs (`Curriculum`). `check()` runs after
+    every epoch; `score(entry)` picks the epoch whose weights are kept;
+    training stops after `epochs`, once `max_seconds` have passed, or once
+    `done = (key, value)` has held in `args.stop_after` epochs in a row
+    after the curriculum (0: never).
+    """
+    model.compile(keras.optimizers.Adam(args.learning_rate,
+                                        clipnorm=args.clipnorm), loss)
+    # Builds the optimizer's variables before the first step (on
+    # TensorFlow that step would otherwise trace them one by one).
+    model.optimizer.build(model.trainable_variables)
+    pad = padded_to(args.pad_multiple, steps_of)
+    batches = FreshBatches(make, buckets_for(sizes, pad, args.buckets),
+                           args.batch_size, args.steps, args.seed)
+    callbacks = []
+    if args.curriculum:
+        callbacks.append(Curriculum(batches, sizes, pad, args.buckets,
+                                    start=start, epochs=args.curriculum))
+    stop = None
+    if args.stop_after:
+        stop = reached(*done, args.stop_after, after=args.curriculum)
+    progress = Progress(label, check, max_seconds, done=stop, score=score)
+    callbacks.append(progress)
+    print(f"{label}: {model.count_params()} parameters; up to {epochs} "
+          f"epochs × {args.steps} batches of {args.batch_size}", flush=True)
+    model.fit(batches, epochs=epochs, verbose=0, callbacks=callbacks)
+    return progress
+
+
 def add_training_options(parser, *, units, epochs, learning_rate,
-                         pad_multiple, lstm_layers, curriculum_help,
-                         stop_after_help):
+                         pad_multiple, lstm_layers, max_minutes,
+                         curriculum_help, stop_after_help):
     """Adds the options both task scripts share: `--quick`, the controller's
     size, the training schedule and budget, the LSTM baseline. The
     arguments are the defaults that differ between the scripts, and the
@@ -370,16 +409,18 @@ def add_training_options(parser, *, units, epochs, learning_rate,
     parser.add_argument("--buckets", type=int, default=4,
                         help="length buckets of the training batches")
     parser.add_argument("--learning-rate", type=float, default=learning_rate)
+    parser.add_argument("--clipnorm", type=float, default=1.0,
+                        help="gradients are clipped to this norm")
     parser.add_argument("--curriculum", type=int, default=5,
                         help=curriculum_help)
     parser.add_argument("--stop-after", type=int, default=3,
                         help=stop_after_help)
     parser.add_argument("--pad-multiple", type=int, default=pad_multiple,
                         help="training batches padded to a multiple of this")
-    parser.add_argument("--max-minutes", type=float, default=16.0,
+    parser.add_argument("--max-minutes", type=float, default=max_minutes,
                         help="stop training after the epoch that passes it")
     parser.add_argument("--baseline", action=argparse.BooleanOptionalAction,
-                        default=True, help="also train the LSTM baseline")
+                        default=False, help="also train the LSTM baseline")
     parser.add_argument("--superloop",
                         action=argparse.BooleanOptionalAction, default=True,
                         help="train the superloop (--no-superloop: the "

@@ -17,9 +17,10 @@ share of sequences with no wrong bit.
 Same as the paper: bit widths, lengths, delimiters, the memory
 (`--slots` 128 × `--mem-width` 20, one read and one write head with
 content and location addressing), a sigmoid output per bit with binary
-cross-entropy on the output steps only. Differences: the controller is
-a stack of `SGUCell`s (the memory's read enters it at the next step, so
-the output at a step is computed from the read of the step before),
+cross-entropy on the output steps only; the readout sees the
+controller's output and this step's memory read (`--output-feedback`,
+the paper's y = W[h_t; r_t]). Differences: the controller is a stack of
+`SGUCell`s (the read enters it at the next step),
 Adam instead of RMSProp, fresh random batches from a few padded length
 buckets, and the training budget is wall time (`--max-minutes`), not a
 number of sequences.
@@ -32,7 +33,7 @@ sharp location addressing, see `location_bias`;
 `--no-location-init` for none).
 
     python examples/ntm_tasks.py --task copy
-    python examples/ntm_tasks.py --task recall --no-baseline
+    python examples/ntm_tasks.py --task recall --baseline   # and the LSTM
 """
 
 import argparse
@@ -87,6 +88,7 @@ def build_superloop(args):
             read_heads=args.read_heads,
             control_bias=(location_bias(args.read_heads)
                           if args.location_init else None))],
+        output_feedback=args.output_feedback,
     )
     x = keras.Input((None, input_width(args)), name="inputs")
     hidden = keras.layers.RNN(cell, return_sequences=True)(x)
@@ -135,34 +137,15 @@ def curriculum_start(args):
 
 
 def train(model, args, label, epochs, check, max_seconds):
-    model.compile(keras.optimizers.Adam(args.learning_rate, clipnorm=1.0),
-                  "binary_crossentropy")
-    model.optimizer.build(model.trainable_variables)
-    train_sizes = protocol(args)["train"]
-    pad = _tasks.padded_to(args.pad_multiple, steps_of(args))
-    buckets = _tasks.buckets_for(train_sizes, pad, args.buckets)
-    batches = _tasks.FreshBatches(make_batch(args), buckets, args.batch_size,
-                                  args.steps, args.seed)
-    callbacks = []
-    if args.curriculum:
-        callbacks.append(_tasks.Curriculum(
-            batches, train_sizes, pad, args.buckets,
-            start=curriculum_start(args), epochs=args.curriculum))
-    done = None
-    if args.stop_after:
-        done = _tasks.reached(f"val_{max(train_sizes)}_bits", 0.0,
-                              args.stop_after, after=args.curriculum)
+    longest = f"val_{max(protocol(args)['train'])}_bits"
     # Keeps the epoch with the fewest wrong bits at the longest training
     # length (never a test-only length).
-    longest = f"val_{max(train_sizes)}_bits"
-    progress = _tasks.Progress(
-        label, check, max_seconds, done=done,
-        score=lambda e: -e[longest] if longest in e else None)
-    callbacks.append(progress)
-    print(f"{label}: {model.count_params()} parameters; up to {epochs} "
-          f"epochs × {args.steps} batches of {args.batch_size}", flush=True)
-    model.fit(batches, epochs=epochs, verbose=0, callbacks=callbacks)
-    return progress
+    return _tasks.train(
+        model, args, label, loss="binary_crossentropy",
+        make=make_batch(args), sizes=protocol(args)["train"],
+        steps_of=steps_of(args), start=curriculum_start(args), check=check,
+        score=lambda e: -e[longest] if longest in e else None,
+        done=(longest, 0.0), epochs=epochs, max_seconds=max_seconds)
 
 
 def parse_args(argv):
@@ -182,6 +165,12 @@ def parse_args(argv):
     parser.add_argument("--slots", type=int, default=128)
     parser.add_argument("--mem-width", type=int, default=20)
     parser.add_argument("--read-heads", type=int, default=1)
+    parser.add_argument("--output-feedback",
+                        action=argparse.BooleanOptionalAction, default=True,
+                        help="the readout sees this step's memory read with "
+                        "the controller's output, y = W[h_t; r_t], as the "
+                        "paper's NTM (--no-output-feedback: the controller's "
+                        "output only; the read reaches it at the next step)")
     parser.add_argument("--location-init",
                         action=argparse.BooleanOptionalAction, default=True,
                         help="start the heads on sharp location addressing "
@@ -189,7 +178,7 @@ def parse_args(argv):
                         "location_bias")
     _tasks.add_training_options(
         parser, units=100, epochs=1000, learning_rate=3e-3, pad_multiple=8,
-        lstm_layers=3,
+        lstm_layers=3, max_minutes=28.0,
         curriculum_help="if > 0: the longest training length (items) grows "
         "from min + 4 (min + 1) to max over this many epochs (a departure "
         "from the paper; 0: none)",
@@ -255,7 +244,8 @@ def main(argv=None):
             "differences": [
                 "controller: SGUCell stack in a SuperloopCell (read fed "
                 "back at the next step), not an LSTM/feedforward one",
-                "Adam, gradient norm clipped at 1, instead of RMSProp",
+                f"gradient norm clipped at {args.clipnorm:g}",
+                "Adam instead of RMSProp",
                 "fresh random batches from padded length buckets; budget "
                 "by wall time",
                 "the weights kept are those of the epoch with the fewest "
@@ -263,6 +253,10 @@ def main(argv=None):
             ],
         },
     }
+    if not args.output_feedback:
+        summary["protocol"]["differences"].append(
+            "readout from the controller's output only: this step's read "
+            "reaches it only through the controller at the next step")
     if args.location_init:
         summary["protocol"]["differences"].append(
             "control bias initialised for location addressing: gate logit "

@@ -40,7 +40,7 @@ same embedding, readout and training. Results and commands:
 `docs/tasks.md`.
 
     python examples/transduction.py --task reversal
-    python examples/transduction.py --task copy --no-baseline
+    python examples/transduction.py --task copy --baseline   # and the LSTM
     python examples/transduction.py --task bigram_flip --quick
 """
 
@@ -139,37 +139,19 @@ def data_set(args, lengths, n, rng):
                                      steps=2 * int(max(lengths)) + 1)[:3]
 
 
-def train(model, args, label, epochs, steps, check, max_seconds):
-    model.compile(keras.optimizers.Adam(args.learning_rate, clipnorm=1.0),
-                  "sparse_categorical_crossentropy")
-    model.optimizer.build(model.trainable_variables)
-    train_lengths = lengths_between(args.task, args.min_length,
-                                    args.max_length)
-    steps_of = _tasks.padded_to(args.pad_multiple, lambda n: 2 * n + 1)
-    buckets = _tasks.buckets_for(train_lengths, steps_of, args.buckets)
-    batches = _tasks.FreshBatches(make_batch(args), buckets, args.batch_size,
-                                  steps, args.seed)
-    callbacks = []
-    if args.curriculum:
-        callbacks.append(_tasks.Curriculum(
-            batches, train_lengths, steps_of, args.buckets,
-            start=min(args.min_length + 8, args.max_length),
-            epochs=args.curriculum))
-    done = None
-    if args.stop_after:
-        done = _tasks.reached("val_short_coarse", 1.0, args.stop_after,
-                              after=args.curriculum)
+def train(model, args, label, epochs, check, max_seconds):
     # Keeps the epoch whose training-length check is best (coarse, then
     # fine); the test-length check is never looked at.
-    progress = _tasks.Progress(
-        label, check, max_seconds, done=done,
+    return _tasks.train(
+        model, args, label, loss="sparse_categorical_crossentropy",
+        make=make_batch(args),
+        sizes=lengths_between(args.task, args.min_length, args.max_length),
+        steps_of=lambda n: 2 * n + 1,
+        start=min(args.min_length + 8, args.max_length), check=check,
         score=lambda e: (e["val_short_coarse"], e["val_short_fine"])
-        if "val_short_coarse" in e else None)
-    callbacks.append(progress)
-    print(f"{label}: {model.count_params()} parameters; up to {epochs} "
-          f"epochs × {steps} batches of {args.batch_size}", flush=True)
-    model.fit(batches, epochs=epochs, verbose=0, callbacks=callbacks)
-    return progress
+        if "val_short_coarse" in e else None,
+        done=("val_short_coarse", 1.0), epochs=epochs,
+        max_seconds=max_seconds)
 
 
 # The initial push/pop control biases of the runs in docs/tasks.md (copy
@@ -202,7 +184,7 @@ def parse_args(argv):
                         "check")
     _tasks.add_training_options(
         parser, units=64, epochs=100, learning_rate=5e-3, pad_multiple=16,
-        lstm_layers=2,
+        lstm_layers=2, max_minutes=16.0,
         curriculum_help="if > 0: the longest training length grows from "
         "min + 8 to max over this many epochs (a departure from the paper's "
         "uniform 8–64; 0: none)",
@@ -299,7 +281,7 @@ def main(argv=None):
 
         label = (f"superloop {args.task}: {args.depth}×SGUCell("
                  f"{args.units}) + {SYSTEMS[args.task]}({args.width})")
-        progress = train(model, args, label, args.epochs, args.steps,
+        progress = train(model, args, label, args.epochs,
                          check_superloop, args.max_minutes * 60)
         train_seconds = clock.seconds()
         results = {name: evaluate(long_copy(model), data)
@@ -332,7 +314,7 @@ def main(argv=None):
         progress = train(
             lstm, args,
             f"LSTM {args.task}: {args.lstm_layers}×LSTM({args.lstm_units})",
-            args.baseline_epochs or args.epochs, args.steps, check_lstm,
+            args.baseline_epochs or args.epochs, check_lstm,
             minutes * 60)
         seconds = clock_lstm.seconds()
         results = {name: evaluate(lstm, data) for name, data in tests.items()}

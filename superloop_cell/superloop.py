@@ -240,9 +240,11 @@ class SuperloopCell(DropoutRNNCell, keras.layers.Layer):
             out (False: the fewest ops per step) or in a loop over groups of
             layers (True: the graph, and with it the time to trace and to
             compile with XLA, does not grow with depth, at some cost per
-            step). `"auto"` (default) loops in runs of more than 32 layers
-            on TensorFlow and JAX, never on torch (which compiles nothing:
-            the loop there only costs).
+            step). `"auto"` (default) picks per backend what trained
+            fastest end to end on mixed lengths: always loops on JAX (which
+            compiles every train step), in runs of more than 32 layers on
+            TensorFlow, never on torch (which compiles nothing: the loop
+            there only costs).
             Compiled training on many sequence shapes (a new shape, a new
             compilation) gains from True; long training on few shapes from
             False. Outputs and weights are the same either way.

@@ -198,7 +198,8 @@ def _check_files(out):
 def test_transduction_quick_run(tmp_path):
     out = tmp_path / "transduction"
     summary = transduction.main(["--task", "bigram_flip", "--quick",
-                                 "--seed", "1", "--out", str(out)])
+                                 "--baseline", "--seed", "1",
+                                 "--out", str(out)])
     written = _check_files(out)
     assert written["task"] == transduction.TASK
     for model in ("superloop", "lstm_baseline"):
@@ -216,10 +217,9 @@ def test_transduction_quick_run(tmp_path):
 @pytest.mark.parametrize("task", ["copy", "recall"])
 def test_ntm_tasks_quick_run(task, tmp_path):
     out = tmp_path / task
-    # Only the superloop, to keep the file short (the transduction quick
-    # run covers an LSTM baseline; this script's ran in docs/tasks.md).
-    summary = ntm_tasks.main(["--task", task, "--quick", "--no-baseline",
-                              "--out", str(out)])
+    # Only the superloop (the default; the transduction quick run covers
+    # an LSTM baseline).
+    summary = ntm_tasks.main(["--task", task, "--quick", "--out", str(out)])
     written = _check_files(out)
     assert written["ntm_task"] == task
     tests = summary["superloop"]["test"]

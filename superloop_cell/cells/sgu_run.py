@@ -66,16 +66,21 @@ from superloop_cell.cells.sgu import CANDIDATE_NEGATIVE_SLOPE, sgu_step
 # written-out tail of `depth % group` layers. A written-out chain has fewer
 # ops per step; a looped one traces and compiles in a time that does not grow
 # with the run's depth (`python -m benchmarks.ab --a layer_loop=False --b
-# layer_loop=True` measures the trade). The group size is per backend:
-# TensorFlow without XLA runs the loop op by op, where larger groups step
-# faster.
-# On torch nothing is traced or compiled (Keras' loop runs the step op by op),
-# so a loop saves nothing and costs per step: runs of any depth are written
-# out there unless `loop=True` (at depth 48, batch 32, T 16 a train step
-# took 1.24× as long with the loop: `python -m benchmarks.ab --backend torch
-# --depth 48 --steps 16 --batch 32 --a fused=True,layer_loop=False
-# --b fused=True,layer_loop=True`).
-UNROLL_UP_TO = {"torch": None}.get(keras.backend.backend(), 32)
+# layer_loop=True` measures the trade). Per backend, the setting that wins end
+# to end (`python -m benchmarks.mixed_lengths`, training on mixed lengths,
+# compilations included):
+# - JAX compiles every train step, once per shape: every fused run loops
+#   (the loop's faster compilations outweighed its slower steps).
+# - TensorFlow: runs of more than 32 layers loop.
+# - torch: nothing is traced or compiled (Keras' loop runs the step op by op),
+#   so a loop saves nothing and costs per step: runs of any depth are
+#   written out unless `loop=True` (at depth 48, batch 32, T 16 a train step
+#   took 1.24× as long with the loop: `python -m benchmarks.ab --backend
+#   torch --depth 48 --steps 16 --batch 32 --a fused=True,layer_loop=False
+#   --b fused=True,layer_loop=True`).
+# The group size is per backend: TensorFlow without XLA runs the loop op by
+# op, where larger groups step faster.
+UNROLL_UP_TO = {"torch": None, "jax": 0}.get(keras.backend.backend(), 32)
 LAYERS_PER_ITERATION = {"tensorflow": 8}.get(keras.backend.backend(), 4)
 
 
@@ -93,8 +98,8 @@ def sgu_run(x, states, kernel, recurrent_kernel, bias, with_gates=False,
             values the forward pass computed; gradients flow through them).
         loop: Whether to walk the layers in a loop over groups of
             `LAYERS_PER_ITERATION` (True) or written out (False). None
-            (default): a loop when `depth > UNROLL_UP_TO` (never on
-            torch).
+            (default): a loop when `depth > UNROLL_UP_TO` (always on JAX,
+            beyond 32 layers on TensorFlow, never on torch).
 
     Returns:
         `(y, new_states)`: the last layer's new `h`, `(batch, units)` (the
