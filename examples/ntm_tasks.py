@@ -86,6 +86,7 @@ def build_superloop(args):
         [sc.ContentMemory(
             slots=args.slots, width=args.mem_width,
             read_heads=args.read_heads,
+            read_before_write=args.read_before_write,
             control_bias=(location_bias(args.read_heads)
                           if args.location_init else None))],
         output_feedback=args.output_feedback,
@@ -171,6 +172,11 @@ def parse_args(argv):
                         "the controller's output, y = W[h_t; r_t], as the "
                         "paper's NTM (--no-output-feedback: the controller's "
                         "output only; the read reaches it at the next step)")
+    parser.add_argument("--read-before-write",
+                        action=argparse.BooleanOptionalAction, default=False,
+                        help="the read head reads the memory as it was "
+                        "before this step's write (ContentMemory's "
+                        "read_before_write)")
     parser.add_argument("--location-init",
                         action=argparse.BooleanOptionalAction, default=True,
                         help="start the heads on sharp location addressing "
@@ -257,6 +263,10 @@ def main(argv=None):
         summary["protocol"]["differences"].append(
             "readout from the controller's output only: this step's read "
             "reaches it only through the controller at the next step")
+    if args.read_before_write:
+        summary["protocol"]["differences"].append(
+            "the read head reads the memory as it was before this step's "
+            "write")
     if args.location_init:
         summary["protocol"]["differences"].append(
             "control bias initialised for location addressing: gate logit "

@@ -140,13 +140,15 @@ def parse_args(argv):
     parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--baseline", action=argparse.BooleanOptionalAction,
                         default=True, help="also train the LSTM baseline")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.capacity = args.capacity or 2 * args.test_length + 2
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     out = prepare(args)
-    capacity = args.capacity or 2 * args.test_length + 2
+    capacity = args.capacity
     rng = np.random.default_rng(args.seed)
     lengths = rng.integers(1, args.train_length + 1, size=args.train_samples)
     train_data = make_data(lengths, args.symbols, rng)

@@ -229,8 +229,9 @@ def address(head, memory, previous):
 
 
 def content_memory_step(control, memory, write_weights, read_weights,
-                        width, read_heads):
-    """One step for a batch: write, then every read head reads.
+                        width, read_heads, read_before_write=False):
+    """One step for a batch: write, then every read head reads (the memory
+    written this step, or with `read_before_write` the one before it).
 
     Args:
         control: (batch, control_size).
@@ -259,7 +260,8 @@ def content_memory_step(control, memory, write_weights, read_weights,
         for h in range(read_heads):
             start = 3 * width + 6 + h * (width + 6)
             head = _head(raw[start : start + width + 6], width)
-            r = address(head, m, read_weights[b, h])
+            source = memory[b] if read_before_write else m
+            r = address(head, source, read_weights[b, h])
             new_read[b, h] = r
-            reads[b, h * width : (h + 1) * width] = r @ m
+            reads[b, h * width : (h + 1) * width] = r @ source
     return reads, new_memory, new_write, new_read

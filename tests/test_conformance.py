@@ -23,6 +23,8 @@ BUILT_IN = {
     "NeuralDeQue": lambda: sc.NeuralDeQue(width=2, capacity=3),
     "ContentMemory": lambda: sc.ContentMemory(slots=4, width=3,
                                               read_heads=2),
+    "ContentMemory-read_before_write": lambda: sc.ContentMemory(
+        slots=3, width=2, read_before_write=True),
 }
 
 

@@ -48,6 +48,11 @@ def test_missing_system_size_names_it():
         sc.NeuralStack(width=4)
 
 
+def test_content_memory_read_before_write_is_a_bool():
+    with pytest.raises(TypeError, match="`read_before_write`.*'yes'"):
+        sc.ContentMemory(slots=3, width=1, read_before_write="yes")
+
+
 def test_attention_options_are_checked():
     with pytest.raises(ValueError, match="`falloff`.*'cubic'"):
         sc.Attention(positions=3, width=1, falloff="cubic")

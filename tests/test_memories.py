@@ -227,10 +227,12 @@ def test_deque_matches_reference(width, capacity, steps, random_start):
     (2, 2, 1, True),  # the moves −1 and +1 land on the same slot
     (1, 2, 1, True),
 ])
+@pytest.mark.parametrize("read_before_write", [False, True])
 def test_content_memory_matches_reference(slots, width, read_heads,
-                                          random_start):
+                                          random_start, read_before_write):
     batch, steps = 3, 4
-    memory = ContentMemory(slots=slots, width=width, read_heads=read_heads)
+    memory = ContentMemory(slots=slots, width=width, read_heads=read_heads,
+                           read_before_write=read_before_write)
     assert memory.control_size == 3 * width + 6 + read_heads * (width + 6)
     assert memory.output_size == read_heads * width
     assert memory.state_size == [slots * width] + [slots] * (1 + read_heads)
@@ -250,7 +252,8 @@ def test_content_memory_matches_reference(slots, width, read_heads,
         control = rng.normal(0, 2, (batch, memory.control_size)).astype("f4")
         output, states, trace = step(control, states)
         reads, m, w_write, w_read = content_memory_step(
-            control, m, w_write, w_read, width, read_heads)
+            control, m, w_write, w_read, width, read_heads,
+            read_before_write)
         np.testing.assert_allclose(output, reads, atol=ATOL)
         np.testing.assert_allclose(states[0], m.reshape(batch, -1),
                                    atol=ATOL)

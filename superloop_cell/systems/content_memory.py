@@ -142,8 +142,11 @@ class ContentMemory(ExternalSystem):
     """Memory matrix with Neural Turing Machine heads: one write, `R` read.
 
     After Graves et al., "Neural Turing Machines" (2014), section 3. Each
-    step the write head addresses the memory and writes; then every read
-    head addresses the written memory and reads from it.
+    step the write head addresses the memory and writes; every read head
+    addresses and reads the memory as written this step (the default, as
+    the DNC), or with `read_before_write=True` as it was before this step's
+    write (a read then never finds what the same step wrote: a key that
+    the step also writes matches only older rows).
 
     Control (`3·width + 6 + read_heads·(width + 6)`): the write head
     `[key (width) | β | g | shift (3) | γ | erase (width) | add (width)]`,
@@ -168,7 +171,8 @@ class ContentMemory(ExternalSystem):
 
         M_t = M_{t−1} ∘ (1 − w^write eraseᵀ) + w^write addᵀ
 
-    Read, with each read head's weights `w^read` addressed on `M_t`:
+    Read, with each read head's weights `w^read` addressed on `M_t`
+    (`M_{t−1}` with `read_before_write`):
 
         r = Σ_i w^read[i] · M_t[i]                         (batch, width)
 
@@ -187,6 +191,8 @@ class ContentMemory(ExternalSystem):
         slots: Positive integer, number of memory rows.
         width: Positive integer, values per row.
         read_heads: Positive integer `R`, number of read heads. Default 1.
+        read_before_write: Boolean, default False: whether the read heads
+            address and read the memory before this step's write.
         control_bias: None (default) or a dict from control field to float, the
             field's starting value in the superloop's `control_bias`. Fields
             (`control_layout`): `"write_key"`, `"write_strength"`,
@@ -213,7 +219,7 @@ class ContentMemory(ExternalSystem):
     """
 
     def __init__(self, *args, slots=None, width=None, read_heads=1,
-                 **kwargs):
+                 read_before_write=False, **kwargs):
         _validation.keyword_only(
             "ContentMemory", args,
             "ContentMemory(slots=128, width=20, read_heads=1)")
@@ -223,6 +229,8 @@ class ContentMemory(ExternalSystem):
         self.width = _validation.positive_int(
             "width", _validation.required("width", width))
         self.read_heads = _validation.positive_int("read_heads", read_heads)
+        self.read_before_write = _validation.boolean("read_before_write",
+                                                     read_before_write)
         self._write_size = 3 * self.width + _HEAD_SCALARS
         self._read_size = self.width + _HEAD_SCALARS
         self.control_size = (
@@ -300,8 +308,9 @@ class ContentMemory(ExternalSystem):
         read_head = _head(
             ops.reshape(read, (-1, self.read_heads, self._read_size))
         )
-        read_weights = address(read_head, memory, state.read_weights)
-        reads = ops.matmul(read_weights, memory)  # (batch, R, width)
+        read_from = state.memory if self.read_before_write else memory
+        read_weights = address(read_head, read_from, state.read_weights)
+        reads = ops.matmul(read_weights, read_from)  # (batch, R, width)
         output = ops.reshape(reads, (-1, self.read_heads * self.width))
 
         new_states = self._flatten(
@@ -320,4 +329,5 @@ class ContentMemory(ExternalSystem):
             "slots": self.slots,
             "width": self.width,
             "read_heads": self.read_heads,
+            "read_before_write": self.read_before_write,
         }
