@@ -21,9 +21,10 @@ Data, in two settings, both `superloop_cell.BucketedSequences`
   length, so a compiled train step compiles once per batch.
 - `buckets`: the default boundaries (powers of two): one shape per bucket.
 
-Variant names are `MODEL[_xla]/DATA`: `superloop`, `superloop_loop` (the
-same cell with `layer_loop=True`: its fused run walks the layers in a loop,
-which compiles faster), `straightforward` (`benchmarks.baselines`),
+Variant names are `MODEL[_xla]/DATA`: `superloop` (`layer_loop=False`: the
+fused run's layers written out), `superloop_loop` (the same cell with
+`layer_loop=True`: its fused run walks the layers in a loop, which compiles
+faster; the default on JAX), `straightforward` (`benchmarks.baselines`),
 `gru_stack` (`StackedRNNCells` of 32 `GRUCell(16)`);
 `_xla` is `jit_compile=True` on TensorFlow. On JAX every variant is compiled
 (jitted), so there is no `_xla` suffix and no uncompiled variant. Without
