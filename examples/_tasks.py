@@ -391,12 +391,12 @@ def train(model, args, label, *, loss, make, sizes, steps_of, start,
 
 def add_training_options(parser, *, units, epochs, learning_rate,
                          pad_multiple, lstm_layers, max_minutes,
-                         curriculum_help, stop_after_help):
+                         curriculum_help, stop_after_help, clipnorm=1.0):
     """Adds the options both task scripts share: `--quick`, the controller's
     size, the training schedule and budget, the LSTM baseline. The
-    arguments are the defaults that differ between the scripts, and the
-    help of `--curriculum` and `--stop-after` (what grows, what is
-    checked)."""
+    arguments are the defaults that differ between the scripts (None for
+    `clipnorm`: the script sets it after parsing), and the help of
+    `--curriculum` and `--stop-after` (what grows, what is checked)."""
     parser.add_argument("--quick", action="store_true",
                         help="tiny settings for a smoke test")
     parser.add_argument("--units", type=int, default=units,
@@ -409,7 +409,7 @@ def add_training_options(parser, *, units, epochs, learning_rate,
     parser.add_argument("--buckets", type=int, default=4,
                         help="length buckets of the training batches")
     parser.add_argument("--learning-rate", type=float, default=learning_rate)
-    parser.add_argument("--clipnorm", type=float, default=1.0,
+    parser.add_argument("--clipnorm", type=float, default=clipnorm,
                         help="gradients are clipped to this norm")
     parser.add_argument("--curriculum", type=int, default=5,
                         help=curriculum_help)

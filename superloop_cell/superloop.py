@@ -244,7 +244,10 @@ class SuperloopCell(DropoutRNNCell, keras.layers.Layer):
             fastest end to end on mixed lengths: always loops on JAX (which
             compiles every train step), in runs of more than 32 layers on
             TensorFlow, never on torch (which compiles nothing: the loop
-            there only costs).
+            there only costs). TensorFlow's rule is for its uncompiled
+            step (Keras' default on a CPU), which traces once for all
+            lengths; under `jit_compile=True` XLA compiles each shape and
+            True trained faster end to end, so pass it there.
             Compiled training on many sequence shapes (a new shape, a new
             compilation) gains from True; long training on few shapes from
             False. Outputs and weights are the same either way.

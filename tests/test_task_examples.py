@@ -229,3 +229,34 @@ def test_ntm_tasks_quick_run(task, tmp_path):
         assert 0.0 <= result["perfect"] <= 1.0
     assert "superloop" in written and "lstm_baseline" not in written
     assert written["protocol"]["differences"]
+
+
+def test_ntm_tasks_per_task_defaults_and_overrides():
+    copy = ntm_tasks.parse_args(["--task", "copy"])
+    recall = ntm_tasks.parse_args(["--task", "recall"])
+    for args, task in ((copy, "copy"), (recall, "recall")):
+        for key, value in ntm_tasks.TASK_DEFAULTS[task].items():
+            assert getattr(args, key) == value, (task, key)
+    assert (copy.clipnorm, recall.clipnorm) == (1.0, 10.0)
+    overridden = ntm_tasks.parse_args(
+        ["--task", "recall", "--no-read-before-write", "--clipnorm", "2",
+         "--write-shift-bias", "1.5", "--read-init", "location"])
+    assert not overridden.read_before_write
+    assert overridden.clipnorm == 2.0
+    assert overridden.write_shift_bias == 1.5
+    assert overridden.read_init == "location"
+
+
+def test_ntm_location_bias_read_heads_start_on_location_or_content():
+    location = ntm_tasks.location_bias(2, shift=3.0)
+    assert location["write_shift"] == [-3.0, -3.0, 3.0]
+    assert location["write_gate"] == location["read1_gate"] == -3.0
+    assert "read0_strength" not in location
+    content = ntm_tasks.location_bias(2, read_init="content")
+    for h in range(2):
+        assert content[f"read{h}_gate"] == 0.0
+        assert content[f"read{h}_strength"] == 5.0
+        assert content[f"read{h}_sharpening"] == 2.0
+    assert content["write_gate"] == -3.0
+    with pytest.raises(ValueError, match="`read_init`.*'both'"):
+        ntm_tasks.location_bias(1, read_init="both")

@@ -71,7 +71,11 @@ from superloop_cell.cells.sgu import CANDIDATE_NEGATIVE_SLOPE, sgu_step
 # compilations included):
 # - JAX compiles every train step, once per shape: every fused run loops
 #   (the loop's faster compilations outweighed its slower steps).
-# - TensorFlow: runs of more than 32 layers loop.
+# - TensorFlow: runs of more than 32 layers loop. Uncompiled (one trace for
+#   every length) the two tied end to end at depth 32 and the written-out
+#   chain stepped faster; with XLA (a compilation per shape) the loop won,
+#   but the cell cannot see whether its step is compiled with XLA, so
+#   `layer_loop=True` is the user's to pass there.
 # - torch: nothing is traced or compiled (Keras' loop runs the step op by op),
 #   so a loop saves nothing and costs per step: runs of any depth are
 #   written out unless `loop=True` (at depth 48, batch 32, T 16 a train step
