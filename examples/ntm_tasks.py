@@ -54,9 +54,9 @@ TASK = "ntm_tasks"
 TASKS = ("copy", "recall")
 READ_INITS = ("location", "content")
 # Per-task defaults of the options left unset on the command line. Recall's
-# are the settings under which it learned (docs/tasks.md): a content lookup
-# at the query, gradients clipped as loosely as in the public
-# implementations (norm 10), a write head that keeps walking.
+# are the settings under which one seed in three learned it (docs/tasks.md):
+# a content lookup at the query, gradients clipped as loosely as in the
+# public implementations (norm 10), a write head that keeps walking.
 TASK_DEFAULTS = {
     "copy": {"clipnorm": 1.0, "read_before_write": False,
              "write_shift_bias": 2.0, "read_init": "location"},

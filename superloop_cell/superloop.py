@@ -245,8 +245,9 @@ class SuperloopCell(DropoutRNNCell, keras.layers.Layer):
             compiles every train step), in runs of more than 32 layers on
             TensorFlow, never on torch (which compiles nothing: the loop
             there only costs). TensorFlow's rule is for its uncompiled
-            step (Keras' default on a CPU), which traces once for all
-            lengths; under `jit_compile=True` XLA compiles each shape and
+            step (Keras' default on a CPU-only machine), which traces once
+            for all lengths; under `jit_compile=True` (Keras' default for
+            TensorFlow when a GPU is present) XLA compiles each shape and
             True trained faster end to end, so pass it there.
             Compiled training on many sequence shapes (a new shape, a new
             compilation) gains from True; long training on few shapes from
