@@ -58,9 +58,9 @@ READ_INITS = ("location", "content")
 # a content lookup at the query, gradients clipped as loosely as in the
 # public implementations (norm 10), a write head that keeps walking.
 TASK_DEFAULTS = {
-    "copy": {"clipnorm": 1.0, "read_before_write": False,
+    "copy": {"bits": 8, "clipnorm": 1.0, "read_before_write": False,
              "write_shift_bias": 2.0, "read_init": "location"},
-    "recall": {"clipnorm": 10.0, "read_before_write": True,
+    "recall": {"bits": 6, "clipnorm": 10.0, "read_before_write": True,
                "write_shift_bias": 4.0, "read_init": "content"},
 }
 
@@ -230,8 +230,6 @@ def parse_args(argv):
         "has no wrong bit in this many epochs in a row after the curriculum "
         "(0: never)")
     args = _tasks.parse_task_args(parser, argv)
-    if args.bits is None:
-        args.bits = 8 if args.task == "copy" else 6
     for key, value in TASK_DEFAULTS[args.task].items():
         if getattr(args, key) is None:
             setattr(args, key, value)

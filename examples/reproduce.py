@@ -69,7 +69,7 @@ def _bits(label, key):
     return (label, ("superloop", "test", key, "bits_per_sequence"), 3)
 
 
-def _transduction(task, system, seeds=SEEDS):
+def _transduction(task, system):
     return Row(
         f"transduction_{task}", f"transduction {task.replace('_', ' ')}: "
         "128 symbols, train lengths 8–64, test 65–128 (Grefenstette et al. "
@@ -77,7 +77,7 @@ def _transduction(task, system, seeds=SEEDS):
         f"`SGUCell(64)` + `{system}(width=32, capacity=130)`",
         [("test coarse", ("superloop", "test_lengths_coarse"), 3),
          ("test fine", ("superloop", "test_lengths_fine"), 3)],
-        time=("superloop", "train_seconds"), seeds=seeds)
+        time=("superloop", "train_seconds"))
 
 
 ROWS = [
@@ -184,13 +184,13 @@ def update_readme(path=ROOT / "README.md"):
     """Replaces the results table in the README (the block of table lines
     starting with the header, or the line `RESULTS_TABLE`) with `table()`."""
     lines = path.read_text().split("\n")
-    header = table().split("\n")[0]
+    rows = table().split("\n")
     start = next(i for i, line in enumerate(lines)
-                 if line == header or line == "RESULTS_TABLE")
+                 if line == rows[0] or line == "RESULTS_TABLE")
     end = start + 1
     while end < len(lines) and lines[end].startswith("|"):
         end += 1
-    lines[start:end] = table().split("\n")
+    lines[start:end] = rows
     path.write_text("\n".join(lines))
 
 
