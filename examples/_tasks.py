@@ -391,17 +391,20 @@ def train(model, args, label, *, loss, make, sizes, steps_of, start,
 
 def add_training_options(parser, *, units, epochs, learning_rate,
                          pad_multiple, lstm_layers, max_minutes,
-                         curriculum_help, stop_after_help, clipnorm=1.0):
+                         curriculum_help, stop_after_help, clipnorm=1.0,
+                         stop_after=3):
     """Adds the options both task scripts share: `--quick`, the controller's
     size, the training schedule and budget, the LSTM baseline. The
     arguments are the defaults that differ between the scripts (None for
-    `clipnorm`: the script sets it after parsing), and the help of
-    `--curriculum` and `--stop-after` (what grows, what is checked)."""
+    `clipnorm` or `stop_after`: the script sets it per task after
+    parsing), and the help of `--curriculum` and `--stop-after` (what
+    grows, what is checked)."""
     parser.add_argument("--quick", action="store_true",
                         help="tiny settings for a smoke test")
     parser.add_argument("--units", type=int, default=units,
-                        help="units per SGU layer")
-    parser.add_argument("--depth", type=int, default=1, help="SGU layers")
+                        help="units per layer of the superloop's stack")
+    parser.add_argument("--depth", type=int, default=1,
+                        help="layers of the superloop's stack")
     parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--steps", type=int, default=100,
                         help="training batches per epoch")
@@ -413,7 +416,7 @@ def add_training_options(parser, *, units, epochs, learning_rate,
                         help="gradients are clipped to this norm")
     parser.add_argument("--curriculum", type=int, default=5,
                         help=curriculum_help)
-    parser.add_argument("--stop-after", type=int, default=3,
+    parser.add_argument("--stop-after", type=int, default=stop_after,
                         help=stop_after_help)
     parser.add_argument("--pad-multiple", type=int, default=pad_multiple,
                         help="training batches padded to a multiple of this")

@@ -20,7 +20,7 @@ content and location addressing), a sigmoid output per bit with binary
 cross-entropy on the output steps only; the readout sees the
 controller's output and this step's memory read (`--output-feedback`,
 the paper's y = W[h_t; r_t]). Differences: the controller is a stack of
-`SGUCell`s (the read enters it at the next step),
+`SGUCell`s or `FeedForwardCell`s (the read enters it at the next step),
 Adam instead of RMSProp, fresh random batches from a few padded length
 buckets, and the training budget is wall time (`--max-minutes`), not a
 number of sequences.
@@ -34,7 +34,10 @@ sharp location addressing, see `location_bias`;
 overridable): recall clips gradients at norm 10 (copy 1), reads the
 memory before the step's write, starts the write head's shift logits at
 ±4 (copy ±2) and the read head on content addressing (`--read-init
-content`; copy `location`).
+content`; copy `location`) with a feed-forward controller (`--controller
+feedforward`; copy `sgu`) and four read heads (`--read-heads`; copy 1).
+Training stops once the check at the longest training length has had no
+wrong bit in 3 epochs in a row (`--stop-after`; copy 10).
 
     python examples/ntm_tasks.py --task copy
     python examples/ntm_tasks.py --task recall --baseline   # and the LSTM
@@ -53,15 +56,20 @@ import superloop_cell as sc
 TASK = "ntm_tasks"
 TASKS = ("copy", "recall")
 READ_INITS = ("location", "content")
+CONTROLLERS = {"sgu": sc.SGUCell, "feedforward": sc.FeedForwardCell}
 # Per-task defaults of the options left unset on the command line. Recall's
-# are the settings under which one seed in three learned it (docs/tasks.md):
-# a content lookup at the query, gradients clipped as loosely as in the
-# public implementations (norm 10), a write head that keeps walking.
+# (docs/tasks.md): a feed-forward controller, which can only remember
+# through the memory, with four read heads; a content lookup at the query;
+# gradients clipped as loosely as in the public implementations (norm 10);
+# a write head that keeps walking.
 TASK_DEFAULTS = {
     "copy": {"bits": 8, "clipnorm": 1.0, "read_before_write": False,
-             "write_shift_bias": 2.0, "read_init": "location"},
+             "write_shift_bias": 2.0, "read_init": "location",
+             "controller": "sgu", "read_heads": 1, "stop_after": 10},
     "recall": {"bits": 6, "clipnorm": 10.0, "read_before_write": True,
-               "write_shift_bias": 4.0, "read_init": "content"},
+               "write_shift_bias": 4.0, "read_init": "content",
+               "controller": "feedforward", "read_heads": 4,
+               "stop_after": 3},
 }
 
 
@@ -97,7 +105,7 @@ def input_width(args):
 
 def build_superloop(args):
     cell = sc.SuperloopCell(
-        [sc.SGUCell(args.units) for _ in range(args.depth)],
+        [CONTROLLERS[args.controller](args.units) for _ in range(args.depth)],
         [sc.ContentMemory(
             slots=args.slots, width=args.mem_width,
             read_heads=args.read_heads,
@@ -140,6 +148,35 @@ def location_bias(read_heads, sharpness=2.0, gate=-3.0, shift=2.0,
             bias[f"read{h}_gate"] = 0.0
             bias[f"read{h}_strength"] = read_strength
     return bias
+
+
+def controller_difference(args):
+    """How the controller differs from the paper's (its "differences")."""
+    if args.controller == "sgu":
+        return ("controller: SGUCell stack in a SuperloopCell (read fed "
+                "back at the next step), not an LSTM/feedforward one")
+    return (f"controller: {args.depth} feed-forward tanh layer(s) of "
+            f"{args.units} units (FeedForwardCell) in a SuperloopCell, "
+            "the read fed back at the next step (the paper's feed-forward "
+            "NTM; its sizes may differ)")
+
+
+def bias_difference(args):
+    """The control bias `--location-init` starts from, in words (read off
+    `location_bias`'s own values)."""
+    bias = location_bias(args.read_heads, shift=args.write_shift_bias,
+                         read_init=args.read_init)
+    reads = f"gate logit {bias['read0_gate']:g}"
+    if args.read_init == "location":
+        reads += " (location)"
+    else:
+        reads += (f" and key strength logit {bias['read0_strength']:g} "
+                  "(content)")
+    return ("control bias initialised for sharp addressing: sharpness logit "
+            f"{bias['write_sharpening']:+g}; write head on location, gate "
+            f"logit {bias['write_gate']:g}, shift logits "
+            f"{bias['write_shift']} over the moves -1, 0, +1; read heads' "
+            f"shift logits 0, {reads}")
 
 
 def build_lstm(args):
@@ -194,7 +231,16 @@ def parse_args(argv):
     parser.add_argument("--check-samples", type=int, default=100)
     parser.add_argument("--slots", type=int, default=128)
     parser.add_argument("--mem-width", type=int, default=20)
-    parser.add_argument("--read-heads", type=int, default=1)
+    parser.add_argument("--read-heads", type=int, default=None,
+                        help="the memory's read heads (default: recall 4, "
+                        "copy 1)")
+    parser.add_argument("--controller", choices=tuple(CONTROLLERS),
+                        default=None,
+                        help="the superloop's stack: --depth SGUCells or "
+                        "FeedForwardCells (tanh, no state of their own: the "
+                        "memory is the only one, as in the paper's "
+                        "feed-forward NTM) of --units (default: recall "
+                        "feedforward, copy sgu)")
     parser.add_argument("--output-feedback",
                         action=argparse.BooleanOptionalAction, default=True,
                         help="the readout sees this step's memory read with "
@@ -222,13 +268,13 @@ def parse_args(argv):
                         "content, copy location)")
     _tasks.add_training_options(
         parser, units=100, epochs=1000, learning_rate=3e-3, pad_multiple=8,
-        lstm_layers=3, max_minutes=28.0, clipnorm=None,
+        lstm_layers=3, max_minutes=28.0, clipnorm=None, stop_after=None,
         curriculum_help="if > 0: the longest training length (items) grows "
         "from min + 4 (min + 1) to max over this many epochs (a departure "
         "from the paper; 0: none)",
         stop_after_help="stop once the check at the longest training length "
         "has no wrong bit in this many epochs in a row after the curriculum "
-        "(0: never)")
+        "(0: never; default: copy 10, recall 3)")
     args = _tasks.parse_task_args(parser, argv)
     for key, value in TASK_DEFAULTS[args.task].items():
         if getattr(args, key) is None:
@@ -287,8 +333,7 @@ def main(argv=None):
                       "the test sequences; 'perfect': share with none",
             "memory": [args.slots, args.mem_width],
             "differences": [
-                "controller: SGUCell stack in a SuperloopCell (read fed "
-                "back at the next step), not an LSTM/feedforward one",
+                controller_difference(args),
                 f"gradient norm clipped at {args.clipnorm:g}",
                 "Adam instead of RMSProp",
                 "fresh random batches from padded length buckets; budget "
@@ -307,13 +352,7 @@ def main(argv=None):
             "the read head reads the memory as it was before this step's "
             "write")
     if args.location_init:
-        reads = ("gate logit -3 (location)" if args.read_init == "location"
-                 else "gate logit 0 and key strength logit 5 (content)")
-        summary["protocol"]["differences"].append(
-            "control bias initialised for sharp addressing: sharpness logit "
-            "+2; write head on location, gate logit -3, shift logits "
-            f"±{args.write_shift_bias:g} favouring +1; read heads' shift "
-            f"logits 0, {reads}")
+        summary["protocol"]["differences"].append(bias_difference(args))
     if args.curriculum:
         summary["protocol"]["differences"].append(
             f"curriculum: the longest training {proto['unit']} count grows "
@@ -322,7 +361,8 @@ def main(argv=None):
             "then uniform on the full range")
     if args.superloop:
         model, cell = build_superloop(args)
-        label = (f"superloop {args.task}: {args.depth}×SGUCell("
+        label = (f"superloop {args.task}: {args.depth}×"
+                 f"{CONTROLLERS[args.controller].__name__}("
                  f"{args.units}) + ContentMemory(slots={args.slots}, "
                  f"width={args.mem_width}, read_heads={args.read_heads})")
         progress = train(model, args, label, args.epochs, checker(model),

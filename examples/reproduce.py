@@ -119,8 +119,9 @@ ROWS = [
     Row("ntm_recall", "NTM associative recall, train 2–6 items (Graves et "
         "al. 2014); wrong bits per sequence (chance 9)", "ntm_tasks",
         ["--task", "recall"], "jax",
-        "`SGUCell(100)` + `ContentMemory(slots=128, width=20, "
-        "read_before_write=True)`, readout from `[y_t, read_t]`",
+        "`FeedForwardCell(100)` + `ContentMemory(slots=128, width=20, "
+        "read_heads=4, read_before_write=True)`, readout from "
+        "`[y_t, read_t]`",
         [_bits("at 6 items", "items_6"), _bits("at 12 items", "items_12")],
         time=("superloop", "train_seconds")),
 ]

@@ -6,6 +6,7 @@ extra input at the next step — all inside one cell, so
 `keras.layers.RNN(SuperloopCell(...))` runs it as one loop.
 """
 
+from superloop_cell.cells.feed_forward import FeedForwardCell
 from superloop_cell.cells.sgu import SGUCell
 from superloop_cell.data import BucketedSequences, mean_loss_weights
 from superloop_cell.context import StepMask, SuperloopInitialState, initial_state
@@ -32,6 +33,7 @@ __all__ = [
     "BucketedSequences",
     "ContentMemory",
     "ExternalSystem",
+    "FeedForwardCell",
     "HardAttention",
     "NeuralDeQue",
     "NeuralQueue",

@@ -172,13 +172,18 @@ def to_numpy(x):
 
 
 def sgu_layers(cell):
-    """Every SGU layer's (kernel, recurrent_kernel, bias) as float64 arrays."""
+    """Every layer's weights as float64 arrays: (kernel, recurrent_kernel,
+    bias) for an SGU layer, (kernel, bias) for a `FeedForwardCell` (the
+    layouts of `reference.superloop_run`)."""
     layers = []
     for c in cell.cells:
-        assert is_sgu(c)
+        if isinstance(c, sc.FeedForwardCell):
+            weights = (c.kernel, c.bias)
+        else:
+            assert is_sgu(c)
+            weights = (c.kernel, c.recurrent_kernel, c.bias)
         layers.append(tuple(np.asarray(keras.ops.convert_to_numpy(w),
-                                       np.float64)
-                            for w in (c.kernel, c.recurrent_kernel, c.bias)))
+                                       np.float64) for w in weights))
     return layers
 
 

@@ -65,16 +65,19 @@ def attention_step(control, position, data, falloff="linear",
 
 def superloop_run(x_seq, layers, control_kernel, control_bias, systems,
                   contexts=None, output_feedback=False):
-    """Runs a superloop of SGU layers over (batch, T, features).
+    """Runs a superloop of SGU and feed-forward layers over (batch, T,
+    features).
 
-    layers: list of (kernel, recurrent_kernel, bias).
+    layers: list of (kernel, recurrent_kernel, bias) for an SGU layer,
+        (kernel, bias) for a feed-forward tanh layer (no state).
     systems: list of dicts {"kind": "register"|"attention", ...params}.
     output_feedback: whether each step's output is `[y_t, feedback_t]`
         (the systems' outputs of the same step) rather than `y_t`.
     Returns (outputs (batch, T, width), final dict with positions/memories).
     """
     batch, steps, _ = x_seq.shape
-    hs = [np.zeros((batch, r.shape[0]), np.float64) for _, r, _ in layers]
+    hs = [np.zeros((batch, layer[1].shape[0]), np.float64)
+          if len(layer) == 3 else None for layer in layers]
     feedback_width = sum(s["width"] for s in systems)
     feedback = np.zeros((batch, feedback_width))
     sys_state = []
@@ -86,8 +89,11 @@ def superloop_run(x_seq, layers, control_kernel, control_bias, systems,
     outputs = []
     for t in range(steps):
         u = np.concatenate([x_seq[:, t], feedback], axis=-1)
-        for i, (k, r, b) in enumerate(layers):
-            hs[i] = sgu_step(u, hs[i], k, r, b)
+        for i, layer in enumerate(layers):
+            if len(layer) == 2:
+                u = np.tanh(u @ layer[0] + layer[1])
+                continue
+            hs[i] = sgu_step(u, hs[i], *layer)
             u = hs[i]
         y = u
         if not systems:

@@ -13,11 +13,12 @@ import superloop_cell as sc
 @pytest.mark.parametrize("value", [0, -3, 2.5, "4", True])
 @pytest.mark.parametrize("make", [
     lambda v: sc.SGUCell(v),
+    lambda v: sc.FeedForwardCell(v),
     lambda v: sc.RegisterMemory(registers=v, width=4),
     lambda v: sc.RegisterMemory(registers=4, width=v),
     lambda v: sc.Attention(positions=v, width=1),
     lambda v: sc.Attention(positions=3, width=v),
-], ids=["SGUCell.units", "RegisterMemory.registers", "RegisterMemory.width",
+], ids=["SGUCell.units", "FeedForwardCell.units", "RegisterMemory.registers", "RegisterMemory.width",
         "Attention.positions", "Attention.width"])
 def test_non_positive_or_non_integer_sizes(make, value):
     with pytest.raises(ValueError, match=r"argument `(units|registers|width|"
@@ -46,6 +47,13 @@ def test_missing_system_size_names_it():
         sc.RegisterMemory(registers=4)
     with pytest.raises(TypeError, match="keyword argument `capacity`"):
         sc.NeuralStack(width=4)
+
+
+@pytest.mark.parametrize("bad", ["no_such_activation", 3])
+def test_feed_forward_activation_is_checked(bad):
+    with pytest.raises(ValueError, match=r"argument `activation`.*got " +
+                       re.escape(repr(bad))):
+        sc.FeedForwardCell(4, activation=bad)
 
 
 def test_content_memory_read_before_write_is_a_bool():

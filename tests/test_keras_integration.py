@@ -57,11 +57,13 @@ def test_go_backwards_equals_the_reversed_sequence():
                                    x[:, ::-1])), atol=ATOL)
 
 
+@pytest.mark.parametrize("first", ["sgu", "feed_forward"])
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_precision_trains_with_finite_losses(policy):
+def test_mixed_precision_trains_with_finite_losses(policy, first):
     keras.config.set_dtype_policy(policy)
     try:
-        cell = sc.SuperloopCell([sc.SGUCell(4) for _ in range(3)],
+        head = sc.SGUCell(4) if first == "sgu" else sc.FeedForwardCell(5)
+        cell = sc.SuperloopCell([head, sc.SGUCell(4), sc.SGUCell(4)],
                                 [sc.RegisterMemory(registers=2, width=3), sc.NeuralStack(width=2, capacity=3)],
                                 fused=True)
         inp = keras.Input((None, 2))
@@ -70,6 +72,8 @@ def test_mixed_precision_trains_with_finite_losses(policy):
         model = keras.Model(inp, out)
         assert cell.compute_dtype == policy.split("_")[1]
         assert cell.cells[1].kernel.dtype == "float32"
+        assert head.kernel.dtype == "float32"
+        assert head.compute_dtype == policy.split("_")[1]
         model.compile("adam", "mse")
         x, y = _data(batch=32, steps=6)
         history = model.fit(x, y, epochs=3, batch_size=16, verbose=0)

@@ -25,7 +25,7 @@ NOT_SETTINGS = ("out", "verbose")
 # the behaviour those runs had: a run that does not record one counts as
 # made with this value (and is stale once the script's default differs).
 ADDED_SINCE = {"read_before_write": False, "write_shift_bias": 2.0,
-               "read_init": "location"}
+               "read_init": "location", "controller": "sgu"}
 
 
 def _committed():

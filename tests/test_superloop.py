@@ -33,9 +33,16 @@ def test_matches_numpy_with_register_memory_and_attention(
     cell = sc.SuperloopCell([sc.SGUCell(6) for _ in range(depth)], systems,
                             fused=fused, output_feedback=output_feedback)
     assert cell.output_size == 6 + output_feedback * (4 + 2)
+    _register_and_attention_match_numpy(cell, output_feedback, seed=depth)
+
+
+def _register_and_attention_match_numpy(cell, output_feedback, seed):
+    """`cell` (its systems a RegisterMemory(3, 4) and an Attention over 5
+    positions of width 2) against `reference.superloop_run`."""
+    positions, width = 5, 2
     model = _attention_model(cell, None, 3, positions, width,
                              return_sequences=True)
-    randomize(cell, scale=0.6, seed=depth)
+    randomize(cell, scale=0.6, seed=seed)
     rng = np.random.default_rng(5)
     x = rng.normal(size=(2, 9, 3)).astype("f4")
     data = rng.normal(size=(2, positions, width)).astype("f4")
@@ -48,6 +55,53 @@ def test_matches_numpy_with_register_memory_and_attention(
          {"kind": "attention", "width": width}],
         contexts=[None, data], output_feedback=output_feedback)
     np.testing.assert_allclose(out, ref, atol=ATOL)
+
+
+@pytest.mark.parametrize("output_feedback", [False, True])
+@pytest.mark.parametrize("stack", ["feed_forward", "feed_forward_sgu",
+                                   "sgu_feed_forward_sgu"])
+def test_feed_forward_cells_match_numpy(stack, output_feedback):
+    make = {"feed_forward": lambda: [sc.FeedForwardCell(6)],
+            "feed_forward_sgu": lambda: [sc.FeedForwardCell(5),
+                                         sc.SGUCell(6)],
+            "sgu_feed_forward_sgu": lambda: [sc.SGUCell(4),
+                                             sc.FeedForwardCell(5),
+                                             sc.SGUCell(6)]}[stack]
+    cell = sc.SuperloopCell(
+        make(), [sc.RegisterMemory(registers=3, width=4),
+                 sc.Attention(positions=5, width=2)],
+        output_feedback=output_feedback)
+    _register_and_attention_match_numpy(cell, output_feedback,
+                                        seed=len(stack))
+
+
+def test_feed_forward_cell_saves_loads_and_keeps_no_state(tmp_path):
+    cell = sc.SuperloopCell(
+        [sc.FeedForwardCell(5, activation="relu",
+                            kernel_regularizer="l2"), sc.SGUCell(4)],
+        [sc.ContentMemory(slots=6, width=3)], output_feedback=True)
+    # No state of its own: the same states as the stack without it.
+    assert sc.FeedForwardCell(3).state_size == []
+    assert cell.state_size == sc.SuperloopCell(
+        [sc.SGUCell(4)], [sc.ContentMemory(slots=6, width=3)],
+        output_feedback=True).state_size
+    model = rnn_model(cell, 2, return_sequences=True)
+    randomize(cell, seed=12)
+    x = np.random.default_rng(13).normal(size=(2, 5, 2)).astype("f4")
+    path = tmp_path / "feed_forward.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(model.predict(x, verbose=0),
+                                  loaded.predict(x, verbose=0))
+    clone = loaded.layers[-1].cell.cells[0]
+    assert isinstance(clone, sc.FeedForwardCell)
+    assert clone.get_config() == cell.cells[0].get_config()
+    assert clone.get_config()["activation"] == "relu"
+    assert loaded.layers[-1].cell.state_size == cell.state_size
+    # The feed-forward cell's only weights are its kernel and bias; its
+    # regularizer's loss reaches the model.
+    assert [w.name for w in cell.cells[0].weights] == ["kernel", "bias"]
+    assert len(model.losses) == 1
 
 
 def test_output_feedback_with_masking_traces_and_config():

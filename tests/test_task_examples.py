@@ -238,10 +238,15 @@ def test_ntm_tasks_per_task_defaults_and_overrides():
         for key, value in ntm_tasks.TASK_DEFAULTS[task].items():
             assert getattr(args, key) == value, (task, key)
     assert (copy.clipnorm, recall.clipnorm) == (1.0, 10.0)
+    assert (copy.controller, recall.controller) == ("sgu", "feedforward")
+    assert (copy.read_heads, recall.read_heads) == (1, 4)
+    assert (copy.stop_after, recall.stop_after) == (10, 3)
     overridden = ntm_tasks.parse_args(
         ["--task", "recall", "--no-read-before-write", "--clipnorm", "2",
-         "--write-shift-bias", "1.5", "--read-init", "location"])
+         "--write-shift-bias", "1.5", "--read-init", "location",
+         "--controller", "sgu"])
     assert not overridden.read_before_write
+    assert overridden.controller == "sgu"
     assert overridden.clipnorm == 2.0
     assert overridden.write_shift_bias == 1.5
     assert overridden.read_init == "location"
@@ -258,5 +263,12 @@ def test_ntm_location_bias_read_heads_start_on_location_or_content():
         assert content[f"read{h}_strength"] == 5.0
         assert content[f"read{h}_sharpening"] == 2.0
     assert content["write_gate"] == -3.0
+    # The summary's words are read off the same values.
+    recall = ntm_tasks.bias_difference(
+        ntm_tasks.parse_args(["--task", "recall"]))
+    assert "shift logits [-4.0, -4.0, 4.0]" in recall
+    assert "gate logit 0 and key strength logit 5 (content)" in recall
+    copy = ntm_tasks.bias_difference(ntm_tasks.parse_args(["--task", "copy"]))
+    assert copy.endswith("gate logit -3 (location)")
     with pytest.raises(ValueError, match="`read_init`.*'both'"):
         ntm_tasks.location_bias(1, read_init="both")
