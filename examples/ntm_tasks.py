@@ -110,10 +110,8 @@ def build_superloop(args):
             slots=args.slots, width=args.mem_width,
             read_heads=args.read_heads,
             read_before_write=args.read_before_write,
-            control_bias=(location_bias(args.read_heads,
-                                        shift=args.write_shift_bias,
-                                        read_init=args.read_init)
-                          if args.location_init else None))],
+            control_bias=(task_bias(args) if args.location_init
+                          else None))],
         output_feedback=args.output_feedback,
     )
     x = keras.Input((None, input_width(args)), name="inputs")
@@ -150,6 +148,12 @@ def location_bias(read_heads, sharpness=2.0, gate=-3.0, shift=2.0,
     return bias
 
 
+def task_bias(args):
+    """`location_bias` with the task's write shift and read start."""
+    return location_bias(args.read_heads, shift=args.write_shift_bias,
+                         read_init=args.read_init)
+
+
 def controller_difference(args):
     """How the controller differs from the paper's (its "differences")."""
     if args.controller == "sgu":
@@ -164,8 +168,7 @@ def controller_difference(args):
 def bias_difference(args):
     """The control bias `--location-init` starts from, in words (read off
     `location_bias`'s own values)."""
-    bias = location_bias(args.read_heads, shift=args.write_shift_bias,
-                         read_init=args.read_init)
+    bias = task_bias(args)
     reads = f"gate logit {bias['read0_gate']:g}"
     if args.read_init == "location":
         reads += " (location)"

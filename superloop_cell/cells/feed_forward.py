@@ -15,6 +15,7 @@ import keras
 from keras import ops
 
 from superloop_cell import _validation
+from superloop_cell.cells._weight_options import weight_options_config
 
 
 @keras.saving.register_keras_serializable(package="superloop_cell")
@@ -111,19 +112,9 @@ class FeedForwardCell(keras.layers.Layer):
         return self.activation(ops.matmul(inputs, self.kernel) + self.bias), []
 
     def get_config(self):
-        serialize = {
-            "initializer": keras.initializers.serialize,
-            "regularizer": keras.regularizers.serialize,
-            "constraint": keras.constraints.serialize,
-        }
-        config = {
+        return {
             **super().get_config(),
             "units": self.units,
             "activation": keras.activations.serialize(self.activation),
+            **weight_options_config(self, ("kernel", "bias")),
         }
-        for kind, to_config in serialize.items():
-            for weight in ("kernel", "bias"):
-                name = f"{weight}_{kind}"
-                value = getattr(self, name)
-                config[name] = None if value is None else to_config(value)
-        return config

@@ -20,6 +20,7 @@ from keras import ops
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 
 from superloop_cell import _validation
+from superloop_cell.cells._weight_options import weight_options_config
 
 CANDIDATE_NEGATIVE_SLOPE = 0.1
 
@@ -204,17 +205,9 @@ class SGUCell(DropoutRNNCell, keras.layers.Layer):
         return [ops.zeros((batch_size, self.units), dtype=self.compute_dtype)]
 
     def get_config(self):
-        serialize = {
-            "initializer": keras.initializers.serialize,
-            "regularizer": keras.regularizers.serialize,
-            "constraint": keras.constraints.serialize,
-        }
-        config = {**super().get_config(), "units": self.units}
-        for kind, to_config in serialize.items():
-            for weight in ("kernel", "recurrent", "bias"):
-                name = f"{weight}_{kind}"
-                value = getattr(self, name)
-                config[name] = None if value is None else to_config(value)
+        config = {**super().get_config(), "units": self.units,
+                  **weight_options_config(
+                      self, ("kernel", "recurrent", "bias"))}
         config.update(dropout=self.dropout,
                       recurrent_dropout=self.recurrent_dropout,
                       seed=self.seed)
